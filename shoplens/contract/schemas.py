@@ -1,0 +1,127 @@
+"""Request and response bodies of the search API, shared by the service and the SDK.
+
+Limits live here too (top_k, vectors per request, upsert batch), so a client
+can validate before it spends a round trip and the server enforces the same
+numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoplens.contract.codecs import Encoding
+from shoplens.contract.errors import ErrorCode
+from shoplens.contract.model_id import MODEL_ID_PATTERN
+
+MAX_TOP_K = 100
+MAX_BATCH_VECTORS = 16
+MAX_UPSERT_IMAGES = 1000
+MAX_ATTRIBUTE_FILTERS = 16
+
+AttributeValue = str | int | float | bool
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchFilters(_Body):
+    """Catalog filters; an unknown field is an error, never silently ignored."""
+
+    category_in: list[str] | None = Field(default=None, max_length=100, description="keep these categories only")
+    price_min: float | None = Field(default=None, ge=0)
+    price_max: float | None = Field(default=None, ge=0)
+    attributes: dict[str, AttributeValue] | None = Field(
+        default=None, max_length=MAX_ATTRIBUTE_FILTERS, description="attribute equals value, all must hold"
+    )
+
+
+class _SearchOptions(_Body):
+    model_id: str = Field(pattern=MODEL_ID_PATTERN, description="the embedder that produced the vector(s)")
+    encoding: Encoding = Field(default=Encoding.I8, description="wire encoding of the vector(s)")
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, description="distinct products to return")
+    filters: SearchFilters | None = None
+    min_score: float | None = Field(default=None, ge=-1, le=1, description="drop hits with a lower cosine")
+
+
+class SearchRequest(_SearchOptions):
+    vector: str = Field(description="base64 of the encoded, L2-normalised vector")
+
+
+class BatchSearchRequest(_SearchOptions):
+    vectors: list[str] = Field(min_length=1, max_length=MAX_BATCH_VECTORS, description="one per detected object")
+
+
+class ProductHit(BaseModel):
+    product_id: str
+    score: float = Field(description="cosine similarity of the best-matching image of this product")
+    image_id: str
+    title: str = ""
+    category: str = ""
+    price: float | None = None
+    currency: str = ""
+    image_url: str = ""
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+GroupingPath = Literal["native", "overfetch"]
+
+
+class SearchResponse(BaseModel):
+    model_id: str
+    hits: list[ProductHit]
+    grouping: GroupingPath = Field(description="native: Milvus grouping search; overfetch: grouped by the service")
+    took_ms: float
+
+
+class ObjectResults(BaseModel):
+    index: int = Field(description="position of the vector in the request")
+    hits: list[ProductHit]
+
+
+class BatchSearchResponse(BaseModel):
+    model_id: str
+    results: list[ObjectResults]
+    grouping: GroupingPath
+    took_ms: float
+
+
+class CatalogImage(_Body):
+    """One catalog image: the unit of upsert (idempotent by image_id)."""
+
+    image_id: str = Field(min_length=1, max_length=128)
+    product_id: str = Field(min_length=1, max_length=128)
+    vector: str = Field(description="base64 encoded vector")
+    encoding: Encoding = Encoding.F32
+    title: str = Field(default="", max_length=512)
+    category: str = Field(default="", max_length=128)
+    price: float | None = Field(default=None, ge=0)
+    currency: str = Field(default="", max_length=8)
+    image_url: str = Field(default="", max_length=2048)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class UpsertRequest(_Body):
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
+    images: list[CatalogImage] = Field(min_length=1, max_length=MAX_UPSERT_IMAGES)
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+    model_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape every endpoint returns."""
+
+    error: ErrorDetail

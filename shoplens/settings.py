@@ -1,0 +1,58 @@
+"""One settings object for every component, read from ``SHOPLENS_*`` env vars and ``.env``.
+
+Defaults are chosen so a fresh checkout works with nothing set: a Milvus Lite
+file in the cache dir, weights and data found beside the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: the repository root when running from a checkout (editable install); None in a wheel
+_HERE = Path(__file__).resolve().parent
+REPO_ROOT: Path | None = _HERE.parent if (_HERE.parent / "pyproject.toml").is_file() else None
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "shoplens"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOPLENS_", env_file=".env", extra="ignore")
+
+    milvus_uri: str = Field(
+        default="",
+        description="Milvus Lite file path (default: <cache_dir>/milvus/shoplens.db) or http(s)://host:19530",
+    )
+    milvus_token: SecretStr = Field(default=SecretStr(""), description="Milvus token (user:password or API key)")
+    collection: str = Field(default="shoplens_catalog", description="collection alias the service searches")
+    admin_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to write the catalog")
+    device_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to search")
+    public_search: bool = Field(default=False, description="allow search without a device key (explicit opt-in)")
+    weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")
+    data_dir: Path | None = Field(default=None, description="where datasets are looked for first")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="caches, converted models, Lite DB")
+    offline: bool | None = Field(
+        default=None, description="never try downloads; default: auto (true when no registry is reachable)"
+    )
+
+    def resolved_milvus_uri(self) -> str:
+        if self.milvus_uri:
+            return self.milvus_uri
+        return str(self.cache_dir / "milvus" / "shoplens.db")
+
+    @property
+    def milvus_is_lite(self) -> bool:
+        return not self.resolved_milvus_uri().startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()
