@@ -29,6 +29,14 @@ def is_loopback(host: object) -> bool:
         return False
 
 
+def _is_ip_literal(host: object) -> bool:
+    try:
+        ipaddress.ip_address(str(host).split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 def _check(sock: socket.socket, address: object) -> None:
     if sock.family == getattr(socket, "AF_UNIX", None):
         return
@@ -51,7 +59,7 @@ def _connect_ex(self: socket.socket, address: object) -> int:
 def _getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
     if isinstance(host, bytes):
         host = host.decode()
-    if not is_loopback(host):
+    if not is_loopback(host) and not _is_ip_literal(host):  # literals need no DNS; connect() guards them
         ATTEMPTS.append(f"getaddrinfo {host!r}")
         raise socket.gaierror(socket.EAI_NONAME, f"test network guard: lookup of {host!r} refused")
     return _orig_getaddrinfo(host, *args, **kwargs)
