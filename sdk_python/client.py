@@ -1,0 +1,272 @@
+"""``ShoplensClient`` / ``AsyncShoplensClient``: a small, obvious HTTP client for the search service.
+
+What it adds over raw httpx, and why:
+- vectors are encoded with the contract's codecs (never re-implemented here);
+- every call is retried on connect errors, timeouts, 429 (honouring
+  ``Retry-After``) and 502/503/504 with capped exponential backoff: all
+  shoplens calls are idempotent (search reads; upsert is keyed by image id;
+  deletes are deletes), and writes carry an ``Idempotency-Key`` that stays the
+  same across the retries of one call;
+- errors come back as typed exceptions carrying the service's error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import httpx
+import numpy as np
+
+from shoplens.contract.codecs import Encoding, encode_vector
+from shoplens.contract.errors import ErrorCode
+from shoplens.contract.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    CatalogImage,
+    SearchFilters,
+    SearchRequest,
+    SearchResponse,
+    UpsertRequest,
+    UpsertResponse,
+)
+from shoplens.sdk.errors import NetworkError, ShoplensAPIError, error_for_status
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. Total wait is bounded by ``max_retries`` x ``max_delay``."""
+
+    max_retries: int = 3
+    base_delay: float = 0.2
+    max_delay: float = 10.0  # also the cap on an honoured Retry-After
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        backoff = min(self.base_delay * (2**attempt), self.max_delay)
+        return backoff * (0.5 + random.random() / 2)  # jitter: clients that failed together don't retry together
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        err = response.json()["error"]
+        code, message, details = ErrorCode(err["code"]), err["message"], err.get("details")
+    except (ValueError, KeyError, TypeError):
+        code = ErrorCode.INTERNAL if response.status_code >= 500 else ErrorCode.VALIDATION_ERROR
+        message, details = f"HTTP {response.status_code}: {response.text[:200]}", None
+    raise error_for_status(response.status_code, code, message, details, _retry_after(response))
+
+
+class _Attempts:
+    """The retry decision shared by the sync and async clients: returns the delay, or re-raises."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.attempt = 0
+
+    def after_response(self, response: httpx.Response) -> float | None:
+        """None: the response is final (success or a non-retryable error raised here)."""
+        if response.status_code in RETRY_STATUSES and self.attempt < self.policy.max_retries:
+            self.attempt += 1
+            return self.policy.delay(self.attempt - 1, _retry_after(response))
+        _raise_for_error(response)
+        return None
+
+    def after_exception(self, exc: httpx.TransportError, url: str) -> float:
+        if self.attempt < self.policy.max_retries:
+            self.attempt += 1
+            return self.policy.delay(self.attempt - 1, None)
+        raise NetworkError(f"cannot reach {url} after {self.attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
+
+
+def _vectors_payload(vectors: Iterable[np.ndarray | str], encoding: Encoding, dim: int | None) -> list[str]:
+    return [v if isinstance(v, str) else encode_vector(np.asarray(v), encoding, dim) for v in vectors]
+
+
+class _ClientBase:
+    """Request building shared by both clients: bodies come from the contract's models."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, retry: RetryPolicy) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry
+        self._headers = {"User-Agent": "shoplens-sdk"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+
+    @staticmethod
+    def _search(vector: np.ndarray | str, model_id: str, encoding: str | Encoding, top_k: int, filters: SearchFilters | dict | None, min_score: float | None, dim: int | None) -> _Request:
+        enc = Encoding(encoding)
+        body = SearchRequest(model_id=model_id, encoding=enc, vector=_vectors_payload([vector], enc, dim)[0], top_k=top_k, filters=filters, min_score=min_score)
+        return _Request("POST", "/v1/search", body.model_dump(mode="json", exclude_none=True))
+
+    @staticmethod
+    def _search_batch(vectors: Iterable[np.ndarray | str], model_id: str, encoding: str | Encoding, top_k: int, filters: SearchFilters | dict | None, min_score: float | None, dim: int | None) -> _Request:
+        enc = Encoding(encoding)
+        body = BatchSearchRequest(model_id=model_id, encoding=enc, vectors=_vectors_payload(vectors, enc, dim), top_k=top_k, filters=filters, min_score=min_score)
+        return _Request("POST", "/v1/search/batch", body.model_dump(mode="json", exclude_none=True))
+
+    @staticmethod
+    def _upsert(model_id: str, images: list[CatalogImage | dict], idempotency_key: str | None) -> _Request:
+        body = UpsertRequest(model_id=model_id, images=images)
+        return _Request("PUT", "/v1/catalog/images", body.model_dump(mode="json", exclude_none=True), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
+
+    @staticmethod
+    def _delete(path: str, idempotency_key: str | None) -> _Request:
+        return _Request("DELETE", path, None, {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
+
+
+class ShoplensClient(_ClientBase):
+    """Synchronous client. Use as a context manager, or call ``close()``.
+
+    >>> with ShoplensClient("http://127.0.0.1:8000", api_key="device-key") as c:
+    ...     hits = c.search(vector, model_id=manifest.embedder.model_id).hits
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retry)
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport)
+
+    def __enter__(self) -> "ShoplensClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, req: _Request) -> Any:
+        attempts = _Attempts(self.retry)
+        while True:
+            try:
+                response = self._http.request(req.method, req.path, json=req.body, headers=req.headers)
+            except httpx.TransportError as exc:
+                time.sleep(attempts.after_exception(exc, self.base_url + req.path))
+                continue
+            delay = attempts.after_response(response)
+            if delay is None:
+                return response.json() if response.content else None
+            time.sleep(delay)
+
+    # ---- search ------------------------------------------------------------
+    def search(self, vector: np.ndarray | str, *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> SearchResponse:
+        """Search one vector (a numpy embedding, or an already encoded base64 string)."""
+        return SearchResponse.model_validate(self._send(self._search(vector, model_id, encoding, top_k, filters, min_score, dim)))
+
+    def search_batch(self, vectors: Iterable[np.ndarray | str], *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> BatchSearchResponse:
+        """Search every object of one photo in one round trip (<= 16 vectors)."""
+        return BatchSearchResponse.model_validate(self._send(self._search_batch(vectors, model_id, encoding, top_k, filters, min_score, dim)))
+
+    # ---- catalog admin -----------------------------------------------------
+    def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
+        return UpsertResponse.model_validate(self._send(self._upsert(model_id, images, idempotency_key)))
+
+    def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
+        return self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))
+
+    def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> Any:
+        return self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key))
+
+    def get_product(self, product_id: str) -> dict[str, Any]:
+        return self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}"))
+
+    # ---- service -----------------------------------------------------------
+    def models(self) -> Any:
+        return self._send(_Request("GET", "/v1/models"))
+
+    def stats(self) -> Any:
+        return self._send(_Request("GET", "/v1/stats"))
+
+    def health(self) -> Any:
+        return self._send(_Request("GET", "/v1/health"))
+
+    def ready(self) -> Any:
+        return self._send(_Request("GET", "/v1/ready"))
+
+
+class AsyncShoplensClient(_ClientBase):
+    """The same calls, awaitable (for apps that search many photos at once)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout, retry)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout, transport=transport)
+
+    async def __aenter__(self) -> "AsyncShoplensClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, req: _Request) -> Any:
+        attempts = _Attempts(self.retry)
+        while True:
+            try:
+                response = await self._http.request(req.method, req.path, json=req.body, headers=req.headers)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(attempts.after_exception(exc, self.base_url + req.path))
+                continue
+            delay = attempts.after_response(response)
+            if delay is None:
+                return response.json() if response.content else None
+            await asyncio.sleep(delay)
+
+    async def search(self, vector: np.ndarray | str, *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> SearchResponse:
+        return SearchResponse.model_validate(await self._send(self._search(vector, model_id, encoding, top_k, filters, min_score, dim)))
+
+    async def search_batch(self, vectors: Iterable[np.ndarray | str], *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> BatchSearchResponse:
+        return BatchSearchResponse.model_validate(await self._send(self._search_batch(vectors, model_id, encoding, top_k, filters, min_score, dim)))
+
+    async def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
+        return UpsertResponse.model_validate(await self._send(self._upsert(model_id, images, idempotency_key)))
+
+    async def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
+        return await self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))
+
+    async def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> Any:
+        return await self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key))
+
+    async def get_product(self, product_id: str) -> dict[str, Any]:
+        return await self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}"))
+
+    async def models(self) -> Any:
+        return await self._send(_Request("GET", "/v1/models"))
+
+
+def _quote(segment: str) -> str:
+    from urllib.parse import quote
+
+    return quote(segment, safe="")
+
+
+__all__ = ["AsyncShoplensClient", "RetryPolicy", "ShoplensAPIError", "ShoplensClient"]
