@@ -1,0 +1,109 @@
+"""The embedder parity gate: does a converted artifact put images where the PyTorch fp32 model does?
+
+Two artifacts may only share a model id (and so one catalog collection) if
+their vectors are interchangeable. Measured per artifact on real images:
+- cosine to the fp32 reference vector of the same image (mean, p1, min);
+- retrieval agreement against a catalog embedded by the reference: the
+  overlap of the top-10 neighbours, and recall@1/@5 of the artifact's query
+  vectors next to the reference's own recall (what a phone would really see).
+The gate fails below the thresholds (defaults: mean cos >= 0.99, top-10 overlap
+>= 0.95); a failed artifact is written with ``publishable: false`` and the CLI
+exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoplens.converters.embedder_eval import recall_at, topk_overlap
+
+DEFAULT_THRESHOLDS = {"cos_mean": 0.99, "top10_overlap": 0.95}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class ParityResult:
+    artifact: str
+    metrics: dict[str, float]
+    thresholds: dict[str, float]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def measure(
+    artifact: str,
+    ref_queries: np.ndarray,
+    art_queries: np.ndarray,
+    query_labels: np.ndarray,
+    ref_catalog: np.ndarray,
+    catalog_labels: np.ndarray,
+    *,
+    retrieval_rows: np.ndarray | None = None,
+    thresholds: dict[str, float] | None = None,
+) -> ParityResult:
+    """Parity of ``art_queries`` vs ``ref_queries`` (same images, same order).
+
+    ``retrieval_rows`` selects the query rows used for retrieval (e.g. photos
+    only, not the catalog's own images); cosine uses every row.
+    """
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    ref, art = _unit(ref_queries), _unit(art_queries)
+    cos = np.sum(ref * art, axis=1)
+    rows = np.arange(len(ref)) if retrieval_rows is None else retrieval_rows
+    cat = _unit(ref_catalog)
+    m: dict[str, float] = {
+        "images": float(len(ref)),
+        "cos_mean": float(cos.mean()),
+        "cos_p1": float(np.percentile(cos, 1)),
+        "cos_min": float(cos.min()),
+        "top10_overlap": topk_overlap(art[rows], ref[rows], cat, 10),
+        "retrieval_queries": float(len(rows)),
+        "catalog_size": float(len(cat)),
+    }
+    for k, v in recall_at(art[rows], query_labels[rows], cat, catalog_labels).items():
+        m[f"recall{k[1:]}"] = v
+    for k, v in recall_at(ref[rows], query_labels[rows], cat, catalog_labels).items():
+        m[f"ref_recall{k[1:]}"] = v
+    failures = [f"{key} {m[key]:.4f} < {limit}" for key, limit in th.items() if key in m and m[key] < limit]
+    return ParityResult(artifact, m, th, failures)
+
+
+def write_report(results: list[ParityResult], out_dir: str | os.PathLike[str], method: str, stem: str = "parity") -> tuple[Path, Path]:
+    """``parity.json`` + ``parity.md`` in the bundle (one row per artifact)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "method": method,
+        "artifacts": {r.artifact: {"passed": r.passed, "metrics": r.metrics, "thresholds": r.thresholds, "failures": r.failures} for r in results},
+    }
+    jpath = out / f"{stem}.json"
+    jpath.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    lines = [
+        "# Embedder parity report",
+        "",
+        method,
+        "",
+        "| artifact | passed | cos mean | cos p1 | cos min | top-10 overlap | R@1 | R@5 | ref R@1 | ref R@5 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.metrics
+        lines.append(
+            f"| {r.artifact} | {'yes' if r.passed else 'NO: ' + '; '.join(r.failures)} | {m['cos_mean']:.4f} | {m['cos_p1']:.4f} | "
+            f"{m['cos_min']:.4f} | {m['top10_overlap']:.3f} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['ref_recall@1']:.3f} | {m['ref_recall@5']:.3f} |"
+        )
+    mpath = out / f"{stem}.md"
+    mpath.write_text("\n".join(lines) + "\n")
+    return jpath, mpath

@@ -1,0 +1,91 @@
+"""TFLite export of the embedder (litert-torch) and ai-edge-quantizer recipes, plus a runner for parity.
+
+Precisions map to ai-edge-quantizer recipes:
+- ``fp32``: litert-torch output as is;
+- ``int8``: static int8 weights + int8 activations, calibrated on real images
+  (int8 compute end to end; the output is an int8 tensor with scale/zero point);
+- ``w8a32``: dynamic-range (int8 weights, activations quantised on the fly);
+- ``w8``: weight-only int8 (dequantised at load, float compute).
+The input stays uint8 NHWC RGB (the cast and ImageNet normalisation are in
+the graph), so a phone passes the resized crop bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from shoplens.converters.embedder_model import Embedder
+
+SIGNATURE = "serving_default"
+RECIPES = {"int8": "static_wi8_ai8", "w8a32": "dynamic_wi8_afp32", "w8": "weight_only_wi8_afp32"}
+TFLITE_PRECISIONS = ("fp32", *RECIPES)
+
+
+def export_fp32(model: Embedder, out: str | os.PathLike[str]) -> Path:
+    import litert_torch
+
+    size = model.config.input_size
+    sample = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    edge = litert_torch.convert(model.eval(), (sample,))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edge.export(str(out))
+    return out
+
+
+def quantize(fp32_path: str | os.PathLike[str], precision: str, out: str | os.PathLike[str], calib: Iterable[np.ndarray] = ()) -> Path:
+    """Apply the recipe for ``precision``; ``calib`` yields uint8 [1,H,W,3] arrays (static int8 only)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    if precision not in RECIPES:
+        raise ValueError(f"TFLite precision {precision!r} unknown; choose from {', '.join(TFLITE_PRECISIONS)}")
+    q = quantizer.Quantizer(str(fp32_path), getattr(recipe, RECIPES[precision])())
+    result = None
+    if q.need_calibration:
+        name = input_name(fp32_path)
+        data = [{name: np.asarray(x, dtype=np.uint8).reshape(1, *np.shape(x)[-3:])} for x in calib]
+        if not data:
+            raise ValueError("static int8 needs calibration images (--calib DIR)")
+        result = q.calibrate({SIGNATURE: data}, num_threads=2)
+    quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
+    out = Path(out)
+    out.write_bytes(bytes(quantized))
+    return out
+
+
+def input_name(path: str | os.PathLike[str]) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(str(path)).get_signature_list()[SIGNATURE]["inputs"][0]
+
+
+class TFLiteEmbedder:
+    """Runs a converted embedder: uint8 NHWC batch -> float vectors (int8 output dequantised)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 2) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.interpreter = Interpreter(str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for img in np.asarray(batch, dtype=np.uint8):
+            self.interpreter.set_tensor(self.input["index"], img[None])
+            self.interpreter.invoke()
+            out.append(self.dequantize(self.interpreter.get_tensor(self.output["index"])[0]))
+        return np.stack(out)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        scale, zero = self.output["quantization"]
+        if np.issubdtype(y.dtype, np.integer) and scale:
+            return (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)

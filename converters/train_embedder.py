@@ -1,0 +1,331 @@
+"""Fine-tune the embedder on a catalog's product ids (CosFace / normalised softmax), fast on CPU.
+
+Why it looks like this:
+- Shop data is small (tens of photos per product, one iconic image), so the
+  early trunk stays frozen (ImageNet features transfer) and only the last
+  stage-3 units, the closing BN and the head learn. BN statistics stay frozen
+  too (small batches would make them noisy and the export would differ).
+- Frozen layers always compute the same thing for the same input, so their
+  outputs for a fixed, seeded set of augmented views are computed once and
+  cached on disk (fp16 memmap): an epoch then costs only the trainable tail,
+  which makes minutes of 2-core CPU worth many epochs.
+- Iconic catalog images are training samples of their product (with more
+  augmented views, since there is one per product), and the augmentation makes
+  them look like phone crops, so photos and catalog images meet in one space.
+- Holding products out (``holdout``) trains on the rest and measures how well
+  the space works for products added after training.
+- State (model, proxies, optimiser, schedule, epoch) is checkpointed each epoch;
+  rerunning the same command resumes. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from shoplens.converters.embedder_data import Catalog, Sample, consumer_augment, holdout_products, load_catalog, load_rgb
+from shoplens.converters.embedder_eval import RetrievalSets, evaluate_vectors
+from shoplens.converters.embedder_head import pca_projection
+from shoplens.converters.embedder_model import Embedder, EmbedderConfig, build_embedder, save_checkpoint
+from shoplens.settings import get_settings
+
+log = logging.getLogger("shoplens.embedder.train")
+
+
+@dataclass
+class TrainConfig:
+    catalog: Path
+    out: Path
+    labels: str = "train"  # split name or label file (``path, product_id, ...`` lines)
+    trunk: str = "resnet50v2-imagenet-s3"
+    weights: str | None = None
+    random_init: bool = False
+    input_size: int = 160
+    dim: int = 256
+    pool: str = "avg"
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-4  # trainable trunk units
+    head_lr: float = 2e-3  # head + class proxies
+    weight_decay: float = 1e-4
+    trainable_units: int = 3
+    photo_views: int = 3  # 1 clean + augmented, per training photo
+    iconic_views: int = 16
+    margin: float = 0.2
+    scale: float = 30.0
+    holdout: int = 0
+    holdout_seed: int = 0
+    seed: int = 0
+    max_photos: int | None = None  # subsample training photos (tests)
+    max_steps: int | None = None  # stop early (tests)
+    evaluate: bool = True
+    threads: int = 2
+    device: str = "cpu"
+    cache_dir: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    step_losses: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    held_out: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---- frozen-feature cache --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    sample: Sample
+    index: int  # 0 = clean resize, >0 = seeded augmentation
+
+
+class _ViewImages(torch.utils.data.Dataset):
+    def __init__(self, views: list[View], size: int, seed: int) -> None:
+        self.views, self.size, self.seed = views, size, seed
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        v = self.views[i]
+        if v.index == 0:
+            return load_rgb(v.sample.path, self.size)
+        key = f"{self.seed}:{v.sample.path.name}:{v.index}".encode()
+        rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        with Image.open(v.sample.path) as im:
+            return consumer_augment(im, self.size, rng)
+
+
+@torch.no_grad()
+def frozen_features(frozen: nn.Module, model: Embedder, views: list[View], size: int, seed: int, path: Path, desc: str) -> np.ndarray:
+    """[N, C, H, W] fp16 outputs of the frozen layers for ``views``, memmapped at ``path`` (reused if complete)."""
+    done = path.with_suffix(".json")
+    if done.is_file():
+        meta = json.loads(done.read_text())
+        return np.memmap(path, dtype=np.float16, mode="r", shape=tuple(meta["shape"]))
+    probe = frozen(model.normalise_nchw(torch.zeros(1, 3, size, size)))
+    shape = (len(views), *probe.shape[1:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=shape)
+    loader = torch.utils.data.DataLoader(_ViewImages(views, size, seed), batch_size=32, num_workers=1)
+    i = 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        x = model.normalise_nchw(batch.permute(0, 3, 1, 2))
+        f = frozen(x).numpy().astype(np.float16)
+        mm[i : i + len(f)] = f
+        i += len(f)
+    mm.flush()
+    done.write_text(json.dumps({"shape": list(shape)}))
+    return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+
+
+def _cache_key(cfg: TrainConfig, label: str, views: list[View]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.trunk, cfg.weights, cfg.random_init, cfg.input_size, cfg.trainable_units, cfg.seed, label]).encode())
+    for v in views:
+        h.update(f"{v.sample.path}:{v.index}\n".encode())
+    return f"{label}-{h.hexdigest()[:16]}"
+
+
+class _Rows:
+    """Row subset of a memmap without copying it (held-out runs)."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
+        self.base, self.rows = base, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return self.base[self.rows[idx]]
+
+
+# ---- training --------------------------------------------------------------------
+
+
+def _embed_tail(model: Embedder, tail: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    return model.embed_features(model.pool_map(tail(feats)))
+
+
+@torch.no_grad()
+def embed_cached(model: Embedder, tail: nn.Module, feats: np.ndarray, batch: int = 128) -> np.ndarray:
+    tail.eval()
+    out = [_embed_tail(model, tail, torch.from_numpy(np.asarray(feats[i : i + batch], dtype=np.float32))).numpy() for i in range(0, len(feats), batch)]
+    return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
+
+
+def cosface_loss(emb: torch.Tensor, proxies: torch.Tensor, target: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
+    """Large-margin cosine loss: softmax over scale * (cos - margin on the true class)."""
+    cos = emb @ F.normalize(proxies, dim=1).T
+    logits = scale * (cos - margin * F.one_hot(target, cos.shape[1]).to(cos.dtype))
+    return F.cross_entropy(logits, target)
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune and write ``cfg.out`` (the fp32 checkpoint); resumes from ``<out>.state.pt``."""
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    _set_seed(cfg.seed)
+    catalog: Catalog = load_catalog(cfg.catalog)
+    held = holdout_products(catalog, cfg.holdout, cfg.holdout_seed)
+    products = sorted(p for p in catalog.names if p not in held)
+    cls_of = {p: i for i, p in enumerate(products)}
+
+    # views of every product are cached (a held-out run reuses the full run's cache), then filtered
+    photos = catalog.split(cfg.labels)
+    if cfg.max_photos:
+        photos = random.Random(cfg.seed).sample(photos, min(cfg.max_photos, len(photos)))
+    all_views = [View(s, v) for s in photos for v in range(cfg.photo_views)]
+    all_views += [View(s, v) for s in catalog.iconic_samples() for v in range(cfg.iconic_views)]
+    keep = np.array([i for i, v in enumerate(all_views) if v.sample.product in cls_of])
+    train_views = [all_views[i] for i in keep]
+
+    mcfg = EmbedderConfig(trunk=cfg.trunk, weights=cfg.weights or "", dim=cfg.dim, pool=cfg.pool, input_size=cfg.input_size)
+    model = build_embedder(mcfg, random_init=cfg.random_init)
+    frozen, tail = model.trunk.split(cfg.trainable_units)
+    cache_root = (cfg.cache_dir or get_settings().cache_dir) / "embedder_features"
+
+    def cached(label: str, views: list[View]) -> np.ndarray:
+        return frozen_features(frozen, model, views, cfg.input_size, cfg.seed, cache_root / f"{_cache_key(cfg, label, views)}.f16", label)
+
+    feats_all = cached("train", all_views)
+    feats = feats_all if len(keep) == len(all_views) else _Rows(feats_all, keep)
+    labels = torch.tensor([cls_of[v.sample.product] for v in train_views])
+    sets = RetrievalSets.from_catalog(catalog)
+    eval_feats: dict[str, np.ndarray] = {}
+    if cfg.evaluate:
+        eval_feats = {k: cached(k, [View(s, 0) for s in getattr(sets, k)]) for k in ("val", "iconic", "train")}
+
+    # head init: PCA of the pooled training features; proxies: class means in that space
+    clean_idx = np.array([i for i, v in enumerate(train_views) if v.index == 0])
+    with torch.no_grad():
+        tail.eval()
+        pooled = np.concatenate(
+            [model.pool_map(tail(torch.from_numpy(np.asarray(feats[clean_idx[i : i + 128]], dtype=np.float32)))).numpy() for i in range(0, len(clean_idx), 128)]
+        )
+        w, b = pca_projection(pooled, cfg.dim) if len(pooled) > cfg.dim else (None, None)
+        if w is not None:
+            model.head.weight.copy_(torch.from_numpy(w))
+            model.head.bias.copy_(torch.from_numpy(b))
+        emb = model.embed_features(torch.from_numpy(pooled))
+        proxies0 = torch.zeros(len(products), cfg.dim)
+        proxies0.index_add_(0, labels[clean_idx], emb)
+        proxies0 = F.normalize(proxies0 + 1e-6 * torch.randn_like(proxies0), dim=1)
+    proxies = nn.Parameter(proxies0)
+
+    params_tail = [p for p in tail.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": params_tail, "lr": cfg.lr}, {"params": list(model.head.parameters()) + [proxies] + (list(model.pool.parameters()) if model.pool else []), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_views) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = min(50, max(1, total_steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total_steps))))
+    )
+
+    state_path = Path(str(cfg.out) + ".state.pt")
+    result = TrainResult(checkpoint=Path(cfg.out), held_out=sorted(held))
+    start_epoch, step = 0, 0
+    if state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st.get("config") == cfg.to_json():
+            model.load_state_dict(st["model"])
+            with torch.no_grad():
+                proxies.copy_(st["proxies"])
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(st["sched"])
+            start_epoch, step = st["epoch"], st["step"]
+            result.losses, result.history, result.step_losses = st["losses"], st["history"], st.get("step_losses", [])
+            torch.set_rng_state(st["torch_rng"])
+            log.info("resumed from %s at epoch %d", state_path, start_epoch)
+        else:
+            log.warning("ignoring %s: written by a different configuration", state_path)
+
+    def run_eval() -> dict[str, float]:
+        vec = {k: embed_cached(model, tail, f) for k, f in eval_feats.items()}
+        return evaluate_vectors(sets, vec, unseen=held or None)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total_steps:
+            break
+        gen.manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train_views), generator=gen)
+        tail.train()
+        for m in tail.modules():  # frozen BN statistics (see module docstring)
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        epoch_losses: list[float] = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+        for i in bar:
+            if step >= total_steps:
+                break
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size].sort().values.numpy()
+            x = torch.from_numpy(np.asarray(feats[idx], dtype=np.float32))
+            loss = cosface_loss(_embed_tail(model, tail, x), proxies, labels[idx], cfg.margin, cfg.scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            epoch_losses.append(loss.item())
+            result.step_losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.3f}")
+        result.losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+        row = {"epoch": float(epoch + 1), "loss": result.losses[-1]}
+        if cfg.evaluate:
+            row.update(run_eval())
+        result.history.append(row)
+        log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"config": cfg.to_json(), "model": model.state_dict(), "proxies": proxies.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "epoch": epoch + 1, "step": step, "losses": result.losses, "history": result.history, "step_losses": result.step_losses,
+             "torch_rng": torch.get_rng_state()},
+            state_path,
+        )
+
+    if cfg.evaluate:
+        result.metrics = run_eval()
+    result.seconds = time.time() - t0
+    model.config.meta.update({
+        "train": cfg.to_json(),
+        "held_out_products": sorted(held),
+        "metrics": result.metrics,
+        "history": result.history,
+    })
+    save_checkpoint(model, cfg.out)
+    return result
