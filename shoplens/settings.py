@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,21 @@ class Settings(BaseSettings):
     admin_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to write the catalog")
     device_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to search")
     public_search: bool = Field(default=False, description="allow search without a device key (explicit opt-in)")
+    # --- cloud service knobs (issue 10); defaults suit a small demo on one machine ---
+    milvus_timeout_s: float = Field(default=10.0, gt=0, description="connect / call timeout towards Milvus")
+    index_type: str = Field(default="HNSW", description="vector index on Milvus servers (Lite always uses AUTOINDEX)")
+    index_params: dict[str, Any] = Field(
+        default_factory=lambda: {"M": 16, "efConstruction": 128}, description="build parameters of index_type"
+    )
+    search_params: dict[str, Any] = Field(default_factory=lambda: {"ef": 64}, description="per-query index params")
+    overfetch_factor: int = Field(default=4, ge=1, le=20, description="hits fetched per requested product without native grouping")
+    rate_limit_per_s: float = Field(default=50.0, gt=0, description="token-bucket refill per API key (requests/s)")
+    rate_limit_burst: int = Field(default=100, ge=1, description="token-bucket size per API key")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="request body cap (413 above it)")
+    lite_warn_rows: int = Field(
+        default=100_000, ge=1, description="warn when a Milvus Lite collection holds more rows than this"
+    )
+    binding_ttl_s: float = Field(default=2.0, ge=0, description="how long the alias->collection binding is cached")
     weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")
     data_dir: Path | None = Field(default=None, description="where datasets are looked for first")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="caches, converted models, Lite DB")

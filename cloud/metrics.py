@@ -1,0 +1,38 @@
+"""Prometheus metrics, one registry per app so tests (and a benchmark) can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Request counts/latency per route, search latency, Milvus call latency, catalog size."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "shoplens_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "shoplens_http_request_seconds", "HTTP request latency", ["method", "route"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.search_seconds = Histogram(
+            "shoplens_search_seconds", "search latency inside the service (decode + Milvus + grouping)",
+            ["kind", "grouping"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.milvus_seconds = Histogram(
+            "shoplens_milvus_call_seconds", "latency of Milvus calls", ["op"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.catalog_rows = Gauge(
+            "shoplens_catalog_rows", "rows in the served collection (updated by /v1/stats)", registry=self.registry
+        )
+
+    def observe_milvus(self, op: str, seconds: float) -> None:
+        self.milvus_seconds.labels(op=op).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

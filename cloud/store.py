@@ -1,0 +1,447 @@
+"""The catalog store: every Milvus call the service makes, behind one small class.
+
+Why a class of its own: the HTTP layer should not know whether it talks to a
+Lite file or a cluster. This is where backend differences are detected (from
+the server version, never assumed), where connection failures become a 503,
+and where the alias -> collection -> model id binding is resolved and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusUnavailableException
+
+from shoplens.contract.errors import ErrorCode
+from shoplens.contract.model_id import is_valid_model_id, model_id_dim
+from shoplens.contract.schemas import CatalogImage, ProductHit
+from shoplens.settings import Settings
+
+from shoplens.cloud import schema as cs
+from shoplens.cloud.errors import ApiError, BackendUnavailable
+from shoplens.cloud.filters import eq_expr, literal
+
+log = logging.getLogger("shoplens.cloud.store")
+
+#: Milvus refuses a larger limit (topk) in one search
+MILVUS_MAX_TOPK = 16384
+#: how many rows GET /v1/catalog/products/{id} returns at most
+MAX_IMAGES_PER_PRODUCT = 1000
+
+Observer = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The collection the alias points at, and the vector space it holds."""
+
+    alias: str
+    collection: str
+    model_id: str
+    dim: int
+    metric: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    backend: str  # "lite" | "server"
+    server_version: str
+    native_grouping: bool
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause chain) means "Milvus cannot be reached"."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (MilvusUnavailableException, ConnectionError, TimeoutError)):
+            return True
+        code = getattr(cur, "code", None)
+        if callable(code):  # grpc.RpcError
+            try:
+                name = getattr(code(), "name", "")
+            except Exception:  # noqa: BLE001 - a broken error object is not "unavailable"
+                name = ""
+            if name in {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}:
+                return True
+        msg = str(getattr(cur, "message", "") or cur).lower()
+        if any(s in msg for s in ("fail connecting", "failed to connect", "connection refused", "unavailable")):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def parse_server_version(version: str) -> tuple[int, int, int] | None:
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def native_grouping_supported(version: str) -> bool:
+    """Grouping search by a VARCHAR field works on Lite and on servers >= 2.4.
+
+    Milvus 2.3.5 accepts ``group_by_field`` and silently ignores it (repeated
+    products come back), so an unknown or older version gets the over-fetch path.
+    """
+    if version.startswith("milvus_lite"):
+        return True
+    parsed = parse_server_version(version)
+    return parsed is not None and parsed >= (2, 4, 0)
+
+
+class CatalogStore:
+    """Thread-safe facade over one ``MilvusClient`` (pymilvus clients are safe to share)."""
+
+    def __init__(self, settings: Settings, observe: Observer | None = None) -> None:
+        self.settings = settings
+        self.uri = settings.resolved_milvus_uri()
+        self.lite = settings.milvus_is_lite
+        self.alias = settings.collection
+        self._observe = observe or (lambda op, s: None)
+        self._client: MilvusClient | None = None
+        self._caps: Capabilities | None = None
+        self._lock = threading.RLock()
+        self._binding: Binding | None = None
+        self._binding_at = 0.0
+        self._loaded: set[str] = set()
+
+    # ---- connection -------------------------------------------------------------------
+
+    def _connect(self) -> MilvusClient:
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            if self.lite:
+                if not self.uri.endswith(".db"):
+                    raise ApiError(
+                        ErrorCode.INTERNAL, "a Milvus Lite URI must be a file path ending in .db (SHOPLENS_MILVUS_URI)"
+                    )
+                from pathlib import Path
+
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            token = self.settings.milvus_token.get_secret_value()
+            t0 = time.perf_counter()
+            try:
+                client = MilvusClient(uri=self.uri, token=token, timeout=self.settings.milvus_timeout_s)
+                version = str(client.get_server_version())
+            except Exception as exc:  # noqa: BLE001 - every connect failure is "unreachable"
+                log.warning("cannot connect to Milvus at %s: %s", self._safe_uri(), type(exc).__name__)
+                raise BackendUnavailable(f"cannot connect to Milvus ({'Lite file' if self.lite else 'server'})") from None
+            finally:
+                self._observe("connect", time.perf_counter() - t0)
+            self._caps = Capabilities(
+                backend="lite" if self.lite else "server",
+                server_version=version,
+                native_grouping=native_grouping_supported(version),
+            )
+            log.info(
+                "connected to Milvus %s (%s); grouping: %s",
+                version,
+                self._caps.backend,
+                "native" if self._caps.native_grouping else "overfetch",
+            )
+            self._client = client
+            return client
+
+    def _safe_uri(self) -> str:
+        return self.uri if self.lite else re.sub(r"//[^@/]*@", "//***@", self.uri)
+
+    @contextmanager
+    def _call(self, op: str) -> Iterator[MilvusClient]:
+        """Yield the client; time the call; turn "cannot reach Milvus" into a 503."""
+        client = self._connect()
+        t0 = time.perf_counter()
+        try:
+            yield client
+        except ApiError:
+            raise
+        except Exception as exc:
+            if _is_unavailable(exc):
+                log.warning("Milvus unreachable during %s: %s", op, type(exc).__name__)
+                raise BackendUnavailable() from None
+            raise
+        finally:
+            self._observe(op, time.perf_counter() - t0)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        self._connect()
+        assert self._caps is not None
+        return self._caps
+
+    def ping(self) -> str:
+        """The server version; raises BackendUnavailable when Milvus does not answer."""
+        with self._call("ping") as c:
+            return str(c.get_server_version())
+
+    def close(self) -> None:
+        """Release the client; for Lite also the in-process server, so the file can be reopened."""
+        with self._lock:
+            client, self._client = self._client, None
+            self._binding = None
+            self._loaded.clear()
+        if client is not None:
+            try:
+                client.close()
+            finally:
+                if self.lite:
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(self.uri)
+
+    # ---- collections and the alias ------------------------------------------------------
+
+    def _ensure_loaded(self, c: MilvusClient, name: str) -> None:
+        if name not in self._loaded:
+            c.load_collection(name)
+            self._loaded.add(name)
+
+    def _describe(self, c: MilvusClient, name: str) -> dict[str, Any]:
+        return dict(c.describe_collection(name))
+
+    def _alias_target(self, c: MilvusClient) -> str:
+        """The collection behind the alias, "" if none (describe_alias would log an error for a missing one)."""
+        if not c.has_collection(self.alias):
+            return ""
+        return str(self._describe(c, self.alias)["collection_name"])
+
+    def _binding_of(self, c: MilvusClient, collection: str, alias: str) -> Binding:
+        props = self._describe(c, collection).get("properties") or {}
+        model_id = props.get(cs.PROP_MODEL_ID)
+        if not model_id:
+            raise ApiError(
+                ErrorCode.INTERNAL,
+                f"collection {collection!r} behind alias {alias!r} was not created by shoplens (no model id recorded)",
+            )
+        return Binding(
+            alias=alias,
+            collection=collection,
+            model_id=str(model_id),
+            dim=int(props.get(cs.PROP_DIM, model_id_dim(str(model_id)))),
+            metric=str(props.get(cs.PROP_METRIC, cs.METRIC)),
+        )
+
+    def binding(self, *, refresh: bool = False) -> Binding | None:
+        """What the alias serves now (cached ``binding_ttl_s`` so a search costs no extra round trip)."""
+        now = time.monotonic()
+        with self._lock:
+            if (
+                not refresh
+                and self._binding is not None
+                and now - self._binding_at < self.settings.binding_ttl_s
+            ):
+                return self._binding
+        with self._call("describe_alias") as c:
+            target = self._alias_target(c)
+            binding = self._binding_of(c, target, self.alias) if target else None
+            if binding is not None:
+                self._ensure_loaded(c, binding.collection)
+        with self._lock:
+            self._binding, self._binding_at = binding, now
+        return binding
+
+    def require_binding(self) -> Binding:
+        binding = self.binding()
+        if binding is None:
+            raise ApiError(
+                ErrorCode.NOT_FOUND,
+                f"no catalog collection is bound to {self.alias!r} yet; upsert images (admin) to create it",
+            )
+        return binding
+
+    def create_collection(self, model_id: str, *, activate: bool = False) -> Binding:
+        """A new, empty collection for ``model_id``; bound to the alias if ``activate`` or none is bound yet."""
+        if not is_valid_model_id(model_id):
+            raise ApiError(ErrorCode.VALIDATION_ERROR, f"not a shoplens model id: {model_id!r}")
+        dim = model_id_dim(model_id)
+        name = cs.collection_name(self.alias, model_id)
+        with self._call("create_collection") as c:
+            c.create_collection(
+                name,
+                schema=cs.build_schema(dim),
+                index_params=cs.build_index_params(
+                    c, lite=self.lite, index_type=self.settings.index_type, params=self.settings.index_params
+                ),
+                consistency_level="Strong",
+                properties={
+                    cs.PROP_MODEL_ID: model_id,
+                    cs.PROP_DIM: str(dim),
+                    cs.PROP_METRIC: cs.METRIC,
+                    cs.PROP_ALIAS: self.alias,
+                },
+            )
+            self._ensure_loaded(c, name)
+        log.info("created collection %s for model %s (dim %d)", name, model_id, dim)
+        binding = Binding(self.alias, name, model_id, dim, cs.METRIC)
+        if activate or self.binding(refresh=True) is None:
+            self.activate(name)
+        return binding
+
+    def collections(self) -> list[dict[str, Any]]:
+        """Every collection created for this alias, with its model id, rows and whether it is served."""
+        current = self.binding(refresh=True)
+        out: list[dict[str, Any]] = []
+        with self._call("list_collections") as c:
+            for name in sorted(c.list_collections()):
+                props = self._describe(c, name).get("properties") or {}
+                if props.get(cs.PROP_ALIAS) != self.alias:
+                    continue
+                out.append(
+                    {
+                        "collection": name,
+                        "model_id": props.get(cs.PROP_MODEL_ID),
+                        "dim": int(props.get(cs.PROP_DIM, 0)),
+                        "active": current is not None and current.collection == name,
+                    }
+                )
+        return out
+
+    def collection_binding(self, name: str) -> Binding:
+        """The binding of one collection of this alias (404 if it is not one of ours)."""
+        with self._call("describe_collection") as c:
+            if not c.has_collection(name):
+                raise ApiError(ErrorCode.NOT_FOUND, f"no collection {name!r}")
+            props = self._describe(c, name).get("properties") or {}
+            if props.get(cs.PROP_ALIAS) != self.alias:
+                raise ApiError(ErrorCode.NOT_FOUND, f"collection {name!r} does not belong to alias {self.alias!r}")
+            binding = self._binding_of(c, name, self.alias)
+            self._ensure_loaded(c, name)
+        return binding
+
+    def activate(self, name: str) -> Binding:
+        """Point the alias at ``name`` in one Milvus call (alter_alias is atomic for readers)."""
+        target = self.collection_binding(name)
+        with self._call("alter_alias") as c:
+            current = self._alias_target(c)
+            if not current:
+                c.create_alias(name, self.alias)
+            elif current != name:
+                c.alter_alias(name, self.alias)
+        log.info("alias %s now serves %s (model %s)", self.alias, name, target.model_id)
+        with self._lock:
+            self._binding, self._binding_at = target, time.monotonic()
+        return target
+
+    def drop_collection(self, name: str) -> None:
+        """Drop a collection of this alias that is not being served."""
+        target = self.collection_binding(name)
+        current = self.binding(refresh=True)
+        if current is not None and current.collection == target.collection:
+            raise ApiError(
+                ErrorCode.VALIDATION_ERROR, f"collection {name!r} is the one being served; activate another first"
+            )
+        with self._call("drop_collection") as c:
+            c.drop_collection(name)
+        self._loaded.discard(name)
+        log.info("dropped collection %s", name)
+
+    # ---- writes ----------------------------------------------------------------------
+
+    def upsert(self, binding: Binding, images: Sequence[CatalogImage]) -> int:
+        """Insert-or-replace by image id. Strong consistency: visible to the next search once this returns."""
+        rows = [cs.image_to_row(img, binding.dim, i) for i, img in enumerate(images)]
+        with self._call("upsert") as c:
+            result = c.upsert(binding.collection, rows)
+        return int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
+
+    def _ids_where(self, c: MilvusClient, collection: str, expr: str) -> list[str]:
+        rows = c.query(collection, filter=expr, output_fields=[cs.PK], limit=MAX_IMAGES_PER_PRODUCT * 16)
+        return [str(r.get(cs.PK) or r.get("id")) for r in rows]
+
+    def delete_image(self, binding: Binding, image_id: str) -> bool:
+        """Delete one image; False when it did not exist (the service answers 404)."""
+        with self._call("delete") as c:
+            if not self._ids_where(c, binding.collection, eq_expr(cs.PK, image_id)):
+                return False
+            c.delete(binding.collection, ids=[image_id])
+        return True
+
+    def delete_product(self, binding: Binding, product_id: str) -> int:
+        """Delete every image of a product; returns how many there were."""
+        with self._call("delete") as c:
+            ids = self._ids_where(c, binding.collection, eq_expr("product_id", product_id))
+            if ids:
+                c.delete(binding.collection, ids=ids)
+        return len(ids)
+
+    # ---- reads -----------------------------------------------------------------------
+
+    def product_images(self, binding: Binding, product_id: str) -> list[dict[str, Any]]:
+        with self._call("query") as c:
+            rows = c.query(
+                binding.collection,
+                filter=eq_expr("product_id", product_id),
+                output_fields=[cs.PK, *cs.OUTPUT_FIELDS],
+                limit=MAX_IMAGES_PER_PRODUCT,
+            )
+        return sorted((cs.row_to_image_info(r) for r in rows), key=lambda r: r["image_id"])
+
+    def count(self, binding: Binding) -> int:
+        """Exact row count (count(*) under Strong consistency; collection stats lag until a flush)."""
+        with self._call("count") as c:
+            rows = c.query(binding.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def search(
+        self,
+        binding: Binding,
+        vectors: np.ndarray,
+        *,
+        top_k: int,
+        expr: str = "",
+        min_score: float | None = None,
+    ) -> tuple[list[list[ProductHit]], str]:
+        """Distinct products per query vector, best image each; one Milvus round trip for all of them.
+
+        Returns the hits and the grouping path ("native": Milvus grouped;
+        "overfetch": the service fetched ``overfetch_factor * top_k`` images and
+        grouped them). Results are de-duplicated by product either way, so a
+        backend that ignores grouping can never return one product twice.
+        """
+        native = self.capabilities.native_grouping
+        limit = top_k if native else min(MILVUS_MAX_TOPK, top_k * self.settings.overfetch_factor)
+        params = dict(self.settings.search_params)
+        if "ef" in params:  # HNSW needs ef >= limit
+            params["ef"] = max(int(params["ef"]), limit)
+        kwargs: dict[str, Any] = {}
+        if native:
+            kwargs["group_by_field"] = "product_id"
+        with self._call("search") as c:
+            raw = c.search(
+                binding.collection,
+                data=vectors.astype(np.float32).tolist(),
+                filter=expr,
+                limit=limit,
+                output_fields=cs.OUTPUT_FIELDS,
+                search_params={"metric_type": binding.metric, "params": params},
+                anns_field=cs.VECTOR,
+                **kwargs,
+            )
+        results: list[list[ProductHit]] = []
+        for per_query in raw:
+            seen: set[str] = set()
+            hits: list[ProductHit] = []
+            for h in sorted(per_query, key=lambda h: -float(h["distance"])):
+                entity = h.get("entity", {})
+                pid = str(entity.get("product_id", ""))
+                score = float(h["distance"])
+                if pid in seen or (min_score is not None and score < min_score):
+                    continue
+                seen.add(pid)
+                hits.append(cs.row_to_hit(cs.hit_id(h), score, entity))
+                if len(hits) == top_k:
+                    break
+            results.append(hits)
+        return results, "native" if native else "overfetch"
+
+
+__all__ = ["Binding", "Capabilities", "CatalogStore", "literal", "native_grouping_supported"]
