@@ -1,0 +1,113 @@
+"""The real thing: ``shoplens serve`` (uvicorn) in a subprocess on 127.0.0.1, talked to over HTTP.
+
+Also the two process-level promises: the service imports no torch/tensorflow,
+and a 2xx write survives the process being killed (SIGKILL, no shutdown hook).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, free_port, query
+
+pytestmark = pytest.mark.slow
+
+
+def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"serve not ready within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        SHOPLENS_MILVUS_URI=str(tmp_path / "served.db"),
+        SHOPLENS_ADMIN_KEYS=f'["{ADMIN}"]',
+        SHOPLENS_DEVICE_KEYS=f'["{DEVICE}"]',
+        SHOPLENS_COLLECTION="served",
+    )
+    return env
+
+
+@pytest.fixture
+def server(serve_env, tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    proc = _start(serve_env, port, tmp_path / "serve.log")
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        _stop(proc)
+
+
+def test_http_round_trip_and_sigkill_persistence(server, serve_env, catalog, tmp_path):
+    url, proc = server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/v1/health").json()["status"] == "ok"
+        r = http.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H)
+        assert r.status_code == 200, r.text
+        r = http.post("/v1/search", json=query(catalog.centres[5], top_k=4), headers=DEVICE_H)
+        assert r.status_code == 200
+        before = r.json()["hits"]
+        assert before[0]["product_id"] == "prod-5" and len({h["product_id"] for h in before}) == 4
+        r = http.post("/v1/search", json=query(catalog.centres[5], filters={"price": 1}), headers=DEVICE_H)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_filter_field"
+        assert http.get("/openapi.json").status_code == 200
+        assert "shoplens_http_requests_total" in http.get("/metrics").text
+
+    proc.send_signal(signal.SIGKILL)  # no flush, no shutdown hook: the 2xx must already be durable
+    proc.wait(timeout=20)
+    port = free_port()
+    again = _start(serve_env, port, tmp_path / "serve2.log")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            r = http.post("/v1/search", json=query(catalog.centres[5], top_k=4), headers=DEVICE_H)
+            assert r.status_code == 200
+            assert [(h["image_id"], round(h["score"], 5)) for h in r.json()["hits"]] == [
+                (h["image_id"], round(h["score"], 5)) for h in before
+            ]
+            assert http.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images)
+    finally:
+        _stop(again)
+
+
+def test_service_process_imports_no_ml_frameworks():
+    code = (
+        "import sys; from shoplens.cloud.app import create_app; import shoplens.cloud.cli, shoplens.cloud.reindex; "
+        "from shoplens.settings import Settings; create_app(Settings()); "
+        "bad = sorted(m for m in ('torch', 'tensorflow', 'ultralytics', 'torchvision', 'coremltools') if m in sys.modules); "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"imported: {r.stdout.strip()} {r.stderr[-2000:]}"
