@@ -1,0 +1,195 @@
+"""``shoplens search`` (the phone's flow on one photo) and ``shoplens index`` (catalog import)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+notices = Console(stderr=True)  # file notices stay off stdout, so --json output is pure JSON
+
+
+def default_bundle_dir() -> Path:
+    """``mobile_assets/`` of this checkout: where the converters put the bundles we ship."""
+    from shoplens.settings import REPO_ROOT
+
+    return (REPO_ROOT / "mobile_assets") if REPO_ROOT else Path("mobile_assets")
+
+
+def _parse_box(box: str | None) -> tuple[float, float, float, float] | None:
+    if box is None:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in box.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected x,y,w,h in photo pixels, e.g. 120,80,300,400", param_hint="--box") from None
+    if w <= 0 or h <= 0:
+        raise typer.BadParameter("width and height must be positive", param_hint="--box")
+    return x, y, w, h
+
+
+def search(
+    photo: Path = typer.Argument(..., help="A photo (JPEG/PNG/WebP) as a shopper would take it."),
+    bundle: Path = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/)."),
+    embedder: Optional[Path] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's)."),
+    detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
+    server: str = typer.Option("http://127.0.0.1:8000", "--server", help="Base URL of the shoplens service."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_API_KEY", help="Device (or admin) key."),
+    box: Optional[str] = typer.Option(None, "--box", help="x,y,w,h of the object the shopper tapped (skips detection)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Products per object."),
+    encoding: str = typer.Option("i8", "--encoding", help="Vector wire encoding: f32, f16 or i8."),
+    max_objects: int = typer.Option(3, "--max-objects", min=1, max=16, help="Objects to search per photo."),
+    annotated: Optional[Path] = typer.Option(None, "--annotated", help="Write the photo with numbered boxes here (JPEG/PNG)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page with the results and thumbnails."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Run the phone's flow on PHOTO (detect, crop, embed, encode) and search the catalog.
+
+    Only the encoded vectors are sent to --server; the photo never leaves this machine.
+    """
+    from shoplens.contract.codecs import Encoding
+    from shoplens.extras import require_extra
+
+    require_extra("device")
+    from shoplens.sdk.client import ShoplensClient
+    from shoplens.sdk.images import load_rgb
+    from shoplens.sdk.report import ReportCard, annotate, render_html
+    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
+
+    rt = DeviceRuntime.from_bundle(
+        None if (embedder and (detector or box)) else (bundle or default_bundle_dir()),
+        embedder=embedder,
+        detector=detector,
+        options=FlowOptions(max_objects=max_objects, encoding=Encoding(encoding)),
+    )
+    rgb = load_rgb(photo)
+    with ShoplensClient(server, api_key) as client:
+        result, response = rt.search(rgb, client, box=_parse_box(box), top_k=top_k)
+    objects = []
+    for obj, res in zip(result.objects, response.results if response else []):
+        objects.append({"label": obj.label, "score": obj.score, "box": obj.box, "source": obj.source, "hits": [h.model_dump() for h in res.hits]})
+    if as_json:
+        typer.echo(json.dumps({"model_id": result.model_id, "grouping": response.grouping if response else None, "payload_bytes": result.payload_bytes, "timings_ms": result.timings_ms, "objects": objects}, indent=2, default=str))
+    else:
+        for i, obj in enumerate(objects, start=1):
+            t = Table(title=f"object {i}: {obj['label'] or obj['source']} ({obj['score']:.2f}) box {[round(v) for v in obj['box']]}")
+            for col in ("#", "product", "title", "score", "category", "price"):
+                t.add_column(col)
+            for rank, h in enumerate(obj["hits"], start=1):
+                t.add_row(str(rank), h["product_id"], h["title"], f"{h['score']:.3f}", h["category"], "" if h["price"] is None else f"{h['price']:.2f} {h['currency']}")
+            console.print(t)
+        stages = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
+        console.print(f"uploaded {result.payload_bytes} bytes of vectors ({result.encoding.value}); {stages}")
+    picture = annotate(rgb, [o["box"] for o in objects], [o["label"] for o in objects])
+    if annotated:
+        picture.save(annotated)
+        notices.print(f"annotated photo: {annotated}")
+    if html_out:
+        html_out.write_text(render_html([ReportCard(str(photo), picture, objects)], f"shoplens search: {photo.name}"))
+        notices.print(f"results page: {html_out}")
+
+
+def index(
+    catalog: Path = typer.Option(..., "--catalog", help="catalog.csv, catalog.jsonl or a folder of <product_id>/ image folders."),
+    bundle: Path = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/)."),
+    embedder: Optional[Path] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's)."),
+    detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
+    no_detector: bool = typer.Option(False, "--no-detector", help="Embed whole images (catalog photos already framed on the product)."),
+    server: Optional[str] = typer.Option(None, "--server", help="Write through this service's admin API (else straight to Milvus at SHOPLENS_MILVUS_URI)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_ADMIN_KEY", help="Admin key for --server."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=1000, help="Images per write."),
+    state: Optional[Path] = typer.Option(None, "--state", help="Resume ledger (default: <cache>/imports/<catalog name>.db)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray Data over a cluster)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Embed every catalog image with the phone's bundle and write it to the index.
+
+    Resumable (rerun after a crash redoes nothing), exact duplicates indexed once,
+    bad images reported and skipped.
+    """
+    from shoplens.extras import require_extra
+    from shoplens.settings import get_settings
+
+    require_extra("device")
+    from shoplens.sdk.catalog import read_catalog
+    from shoplens.sdk.importer import import_catalog
+    from shoplens.sdk.runtime import _bundles_under, _only
+    from shoplens.contract.manifest import Task, load_manifest
+
+    root = bundle or default_bundle_dir()
+    found = _bundles_under(root) if (embedder is None or (detector is None and not no_detector)) else {}
+    emb = embedder or _only(found, Task.EMBEDDER, root)
+    det = None if no_detector else (detector or (_only(found, Task.DETECTOR, root) if found.get(Task.DETECTOR) else None))
+    model_id = load_manifest(emb).embedder.model_id  # type: ignore[union-attr]
+    entries = list(read_catalog(catalog))
+    state_path = state or get_settings().cache_dir / "imports" / f"{catalog.stem}-{model_id}.db"
+    sink, closer = _make_sink(server, api_key, model_id)
+    try:
+        if engine == "ray":
+            from shoplens.sdk.ray_import import import_catalog_ray
+
+            summary = import_catalog_ray(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size)
+        elif engine == "local":
+            summary = import_catalog(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size, progress=progress, total=len(entries))
+        else:
+            raise typer.BadParameter("choose local or ray", param_hint="--engine")
+    finally:
+        closer()
+    console.print(
+        f"[bold]{summary.imported}[/] imported, {summary.already_done} already indexed (resumed), {summary.duplicates} exact duplicates, "
+        f"{len(summary.failed)} failed, of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.1f} img/s); model {model_id}"
+    )
+    if summary.failed:
+        t = Table(title="skipped images")
+        t.add_column("image")
+        t.add_column("reason")
+        for image, reason in summary.failed[:50]:
+            t.add_row(image, reason)
+        console.print(t)
+        if len(summary.failed) > 50:
+            console.print(f"... and {len(summary.failed) - 50} more (see {state_path})")
+
+
+def _make_sink(server: str | None, api_key: str | None, model_id: str):  # type: ignore[no-untyped-def]
+    if server:
+        from shoplens.sdk.client import ShoplensClient
+        from shoplens.sdk.importer import ApiSink
+
+        client = ShoplensClient(server, api_key)
+        return ApiSink(client, model_id), client.close
+    from shoplens.sdk.milvus_sink import MilvusSink
+
+    sink = MilvusSink(model_id)
+    return sink, sink.close
+
+
+def wrap_embedder(
+    model: Path = typer.Argument(..., help="A .tflite embedder (one image input, one vector output)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (manifest.json + the model)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name used in the model id (default: file stem)."),
+    resize: str = typer.Option("stretch", "--resize", help="stretch, center_crop or letterbox."),
+    link: bool = typer.Option(False, "--link", help="Symlink the model instead of copying it."),
+) -> None:
+    """Give an existing TFLite embedder a shoplens manifest (e.g. the ImageNet MobileNetV1 reference)."""
+    from shoplens.extras import require_extra
+
+    require_extra("device")
+    from shoplens.sdk.wrap import wrap_tflite_embedder
+
+    m = wrap_tflite_embedder(model, out, name=name, resize=resize, link=link)
+    console.print(f"wrote {out / 'manifest.json'}: {m.embedder.dim}-d, model id {m.embedder.model_id}")  # type: ignore[union-attr]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("index")(index)
+    from shoplens.cli import manifest_app
+
+    manifest_app.command("wrap-embedder")(wrap_embedder)

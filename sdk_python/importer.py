@@ -1,0 +1,259 @@
+"""Catalog import: embed every catalog image with the phone's own bundle and write it to the index.
+
+Why it is built this way:
+- **Same arithmetic as the phone**: the main object is found and cropped by
+  the same DeviceRuntime, so catalog and query vectors come from one model.
+- **Resumable**: a SQLite state file records, per image *content hash* and
+  model id, what the index has acknowledged. A rerun after a crash skips those,
+  and because the image id is derived from the content hash and writes are
+  upserts, redoing an unacknowledged batch overwrites instead of duplicating.
+- **Never aborts for one file**: unreadable, corrupt or missing images are
+  recorded with a reason and summarised at the end; exact duplicates (same
+  bytes) are indexed once.
+- **Parallel**: ``workers`` processes each hold their own LiteRT interpreters.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from shoplens.contract.codecs import Encoding, encode_vector
+from shoplens.contract.schemas import MAX_UPSERT_IMAGES, CatalogImage
+from shoplens.sdk.catalog import CatalogEntry
+from shoplens.sdk.images import ImageError, content_hash, read_bytes
+
+IMAGE_ID_HEX = 24  # 96 bits of the content hash: collision-free at any catalog size
+
+
+def image_id_for(digest: str) -> str:
+    return digest[:IMAGE_ID_HEX]
+
+
+class CatalogSink(Protocol):
+    """Where embedded images go; ``upsert`` returns only once the write is durable."""
+
+    model_id: str
+
+    def upsert(self, images: list[CatalogImage]) -> None: ...
+
+
+class ApiSink:
+    """Writes through the service's admin API (needs an admin key)."""
+
+    def __init__(self, client: Any, model_id: str) -> None:
+        self.client = client
+        self.model_id = model_id
+
+    def upsert(self, images: list[CatalogImage]) -> None:
+        for i in range(0, len(images), MAX_UPSERT_IMAGES):
+            self.client.upsert_images(self.model_id, images[i : i + MAX_UPSERT_IMAGES])
+
+
+class ImportState:
+    """The resume ledger: content hashes the index has acknowledged, and failures."""
+
+    def __init__(self, path: str | os.PathLike[str], model_id: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.model_id = model_id
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS done (hash TEXT, model_id TEXT, image_id TEXT, product_id TEXT, PRIMARY KEY (hash, model_id))")
+        self.db.execute("CREATE TABLE IF NOT EXISTS failed (image TEXT, model_id TEXT, reason TEXT, PRIMARY KEY (image, model_id))")
+
+    def is_done(self, digest: str) -> bool:
+        return self.db.execute("SELECT 1 FROM done WHERE hash=? AND model_id=?", (digest, self.model_id)).fetchone() is not None
+
+    def mark_done(self, rows: list[tuple[str, str, str]]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR REPLACE INTO done VALUES (?,?,?,?)", [(h, self.model_id, iid, pid) for h, iid, pid in rows])
+        self.db.execute("COMMIT")
+
+    def mark_failed(self, image: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (image, self.model_id, reason))
+
+    def done_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM done WHERE model_id=?", (self.model_id,)).fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class ImportSummary:
+    total: int = 0
+    imported: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.imported / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---- worker side ------------------------------------------------------------------
+
+_RUNTIME: Any = None
+
+
+def _init_worker(embedder: str, detector: str | None, precision: str | None, threads: int) -> None:
+    global _RUNTIME
+    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
+
+    _RUNTIME = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, precision=precision, num_threads=threads, options=FlowOptions(max_objects=1))
+
+
+def _embed(task: tuple[int, bytes]) -> tuple[int, np.ndarray | None, str]:
+    """Main object of one image -> unit vector, or the reason it failed."""
+    idx, data = task
+    try:
+        result = _RUNTIME.process(data)
+        return idx, result.objects[0].vector, result.objects[0].source
+    except ImageError as exc:
+        return idx, None, exc.message
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the import
+        return idx, None, f"{type(exc).__name__}: {exc}"
+
+
+# ---- driver -----------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    entry: CatalogEntry
+    digest: str
+    data: bytes
+
+
+def _read(entry: CatalogEntry, http: Any) -> bytes:
+    if entry.is_remote:
+        try:
+            r = http.get(entry.image, timeout=30, follow_redirects=True)
+            r.raise_for_status()
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            raise ImageError(f"download failed: {type(exc).__name__}: {exc}") from None
+        return read_bytes(r.content)
+    return read_bytes(entry.image)
+
+
+def _pending(entries: Iterable[CatalogEntry], state: ImportState, summary: ImportSummary, on_skip: Callable[[], None]) -> Iterator[_Pending]:
+    import httpx
+
+    seen: set[str] = set()
+    with httpx.Client() as http:
+        for e in entries:
+            summary.total += 1
+            try:
+                data = _read(e, http)
+            except ImageError as exc:
+                summary.failed.append((e.image, exc.message))
+                state.mark_failed(e.image, exc.message)
+                on_skip()
+                continue
+            digest = content_hash(data)
+            if digest in seen:
+                summary.duplicates += 1
+                on_skip()
+                continue
+            seen.add(digest)
+            if state.is_done(digest):
+                summary.already_done += 1
+                on_skip()
+                continue
+            yield _Pending(e, digest, data)
+
+
+def _batched(it: Iterable[_Pending], n: int) -> Iterator[list[_Pending]]:
+    batch: list[_Pending] = []
+    for p in it:
+        batch.append(p)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _to_image(p: _Pending, vector: np.ndarray) -> CatalogImage:
+    e = p.entry
+    return CatalogImage(
+        image_id=image_id_for(p.digest),
+        product_id=e.product_id,
+        vector=encode_vector(vector, Encoding.F32),
+        encoding=Encoding.F32,
+        title=e.title[:512],
+        category=e.category,
+        price=e.price,
+        currency=e.currency,
+        image_url=e.image_url or e.image,  # where the app (or the demo report) finds a thumbnail
+        attributes={k: v for k, v in e.attributes.items() if isinstance(v, (str, int, float, bool))},
+    )
+
+
+def import_catalog(
+    entries: Iterable[CatalogEntry],
+    *,
+    embedder: str | os.PathLike[str],
+    detector: str | os.PathLike[str] | None,
+    sink: CatalogSink,
+    state_path: str | os.PathLike[str],
+    workers: int = 1,
+    batch_size: int = 32,
+    precision: str | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> ImportSummary:
+    """Embed and write every new image; see the module docstring for the guarantees."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    summary = ImportSummary()
+    state = ImportState(state_path, sink.model_id)
+    threads = 1 if workers > 1 else 2
+    init_args = (str(embedder), str(detector) if detector else None, precision, threads)
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
+    if pool is None:
+        _init_worker(*init_args)
+    bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
+    t0 = time.perf_counter()
+    try:
+        with bar:
+            task = bar.add_task("index", total=total, rate="")
+
+            def advance(n: int = 1) -> None:
+                elapsed = time.perf_counter() - t0
+                bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
+
+            for batch in _batched(_pending(entries, state, summary, advance), batch_size):
+                tasks = [(i, p.data) for i, p in enumerate(batch)]
+                results = pool.map(_embed, tasks, chunksize=max(1, len(tasks) // (workers * 2))) if pool else [_embed(t) for t in tasks]
+                images, done = [], []
+                for idx, vec, info in results:
+                    p = batch[idx]
+                    if vec is None:
+                        summary.failed.append((p.entry.image, info))
+                        state.mark_failed(p.entry.image, info)
+                        continue
+                    images.append(_to_image(p, vec))
+                    done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+                if images:
+                    sink.upsert(images)  # durable before we record it as done
+                    state.mark_done(done)
+                summary.imported += len(images)
+                advance(len(batch))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        summary.seconds = time.perf_counter() - t0
+        state.close()
+    return summary

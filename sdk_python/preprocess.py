@@ -1,0 +1,106 @@
+"""Image preprocessing shared by the device SDK and the converters' parity checks (numpy only).
+
+The detector was trained and exported with ultralytics' ``LetterBox``: scale the
+photo to fit the square input keeping its aspect, resize with bilinear
+interpolation (OpenCV ``INTER_LINEAR``: half-pixel centres, no antialiasing),
+and pad both sides evenly with grey 114. A phone that preprocesses differently
+feeds the model a different picture, so this module reproduces that rule
+exactly in numpy (no OpenCV on the device) and returns the letterbox geometry
+that ``yolo_decode`` needs to map boxes back to the original photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the photo landed inside the model input: ``input = photo * gain + pad``.
+
+    ``gain_x``/``gain_y`` differ by at most a rounding step (each side is
+    rounded to whole pixels, as ultralytics does).
+    """
+
+    orig_h: int
+    orig_w: int
+    input_h: int
+    input_w: int
+    gain_x: float
+    gain_y: float
+    pad_x: int
+    pad_y: int
+
+
+def letterbox_geometry(orig_h: int, orig_w: int, input_h: int, input_w: int) -> Letterbox:
+    """The exact ``LetterBox(auto=False, center=True, scaleup=True)`` geometry of ultralytics."""
+    r = min(input_h / orig_h, input_w / orig_w)
+    new_w, new_h = max(round(orig_w * r), 1), max(round(orig_h * r), 1)
+    dw, dh = (input_w - new_w) / 2, (input_h - new_h) / 2
+    # ultralytics puts the odd pixel at the bottom/right: round(d - 0.1) on the top/left side
+    pad_x, pad_y = round(dw - 0.1), round(dh - 0.1)
+    return Letterbox(orig_h, orig_w, input_h, input_w, new_w / orig_w, new_h / orig_h, pad_x, pad_y)
+
+
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of OpenCV's INTER_LINEAR along one axis (half-pixel centres, edge clamp)."""
+    scale = src / dst
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
+    pos = np.clip(pos, 0.0, None)  # OpenCV clamps the left edge to pixel 0 with weight 1
+    i0 = np.floor(pos).astype(np.int64)
+    frac = pos - i0
+    i0 = np.minimum(i0, src - 1)
+    i1 = np.minimum(i0 + 1, src - 1)
+    return i0, i1, frac
+
+
+def resize_bilinear(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Resize an HxWxC uint8 image like ``cv2.resize(..., INTER_LINEAR)`` (within 1 grey level)."""
+    h, w = img.shape[:2]
+    if (h, w) == (new_h, new_w):
+        return img.copy()
+    y0, y1, fy = _linear_taps(h, new_h)
+    x0, x1, fx = _linear_taps(w, new_w)
+    src = img.astype(np.float32)
+    fx32 = fx.astype(np.float32)[None, :, None]
+    fy32 = fy.astype(np.float32)[:, None, None]
+    rows0, rows1 = src[y0], src[y1]
+    top = rows0[:, x0] * (1 - fx32) + rows0[:, x1] * fx32
+    bot = rows1[:, x0] * (1 - fx32) + rows1[:, x1] * fx32
+    out = top * (1 - fy32) + bot * fy32
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def letterbox(rgb: np.ndarray, input_h: int, input_w: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox an HxWx3 uint8 image into ``input_h x input_w``; returns the image and its geometry."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got shape {rgb.shape} dtype {rgb.dtype}")
+    geo = letterbox_geometry(rgb.shape[0], rgb.shape[1], input_h, input_w)
+    new_w, new_h = round(geo.gain_x * geo.orig_w), round(geo.gain_y * geo.orig_h)
+    resized = resize_bilinear(rgb, new_h, new_w)
+    out = np.full((input_h, input_w, 3), pad_value, dtype=np.uint8)
+    out[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
+    return out, geo
+
+
+def to_input_tensor(img: np.ndarray, layout: str = "NHWC", scale: float = 1 / 255) -> np.ndarray:
+    """HxWx3 uint8 -> float32 batch of one in ``layout`` (``NHWC`` or ``NCHW``), scaled by ``scale``."""
+    x = img.astype(np.float32) * np.float32(scale)
+    if layout.upper() == "NCHW":
+        x = x.transpose(2, 0, 1)
+    elif layout.upper() != "NHWC":
+        raise ValueError(f"unknown layout {layout!r}")
+    return np.ascontiguousarray(x[None])
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode a photo file to HxWx3 uint8 RGB, upright per its EXIF orientation (as ``cv2.imread`` does)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()

@@ -1,0 +1,106 @@
+"""The catalog import on Ray Data: the same embedding and resume rules, spread over a Ray cluster.
+
+The driver reads, hashes and filters images against the resume ledger exactly
+as the local engine does (``importer._pending``), then hands chunks of new
+images to ``map_batches`` actors that each hold the LiteRT interpreters, and
+writes the returned vectors through the same sink. At tens of millions of
+images, shard the catalog file and run one driver per shard (each with its own
+``--state``): the embedding, which is where the time goes, scales with the
+cluster; writes are batched upserts that Milvus absorbs in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from shoplens.sdk.catalog import CatalogEntry
+from shoplens.sdk.importer import CatalogSink, ImportState, ImportSummary, _batched, _pending, _to_image, image_id_for
+
+CHUNK = 4096  # images per Ray dataset: bounds driver memory, keeps every actor busy
+
+
+class _EmbedActor:
+    """Ray Data callable class: one DeviceRuntime per actor, reused across batches."""
+
+    def __init__(self, embedder: str, detector: str | None, precision: str | None) -> None:
+        from shoplens.sdk.importer import _init_worker
+
+        _init_worker(embedder, detector, precision, 1)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from shoplens.sdk.importer import _embed
+
+        idx, vecs, infos = [], [], []
+        for i, data in zip(batch["idx"], batch["data"]):
+            _, vec, info = _embed((int(i), bytes(data)))
+            idx.append(int(i))
+            vecs.append(np.zeros(0, np.float32) if vec is None else vec.astype(np.float32))
+            infos.append(info if vec is None else "")
+        return {"idx": np.asarray(idx), "vector": np.asarray(vecs, dtype=object), "error": np.asarray(infos, dtype=object)}
+
+
+def import_catalog_ray(
+    entries: Iterable[CatalogEntry],
+    *,
+    embedder: str | os.PathLike[str],
+    detector: str | os.PathLike[str] | None,
+    sink: CatalogSink,
+    state_path: str | os.PathLike[str],
+    workers: int = 2,
+    batch_size: int = 64,
+    precision: str | None = None,
+    address: str | None = None,
+) -> ImportSummary:
+    """``address``: an existing Ray cluster (``ray://...`` or ``auto``); default: a local instance."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray phones home otherwise
+    import ray
+    import ray.data
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = {} if address else {"num_cpus": workers, "_node_ip_address": "127.0.0.1"}  # a local instance stays on loopback
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    summary = ImportSummary()
+    state = ImportState(state_path, sink.model_id)
+    t0 = time.perf_counter()
+    try:
+        for chunk in _batched(_pending(entries, state, summary, lambda: None), CHUNK):
+            ds = ray.data.from_items([{"idx": i, "data": p.data} for i, p in enumerate(chunk)])
+            out = ds.map_batches(
+                _EmbedActor,
+                fn_constructor_kwargs={"embedder": str(embedder), "detector": str(detector) if detector else None, "precision": precision},
+                batch_size=batch_size,
+                concurrency=workers,
+                batch_format="numpy",
+            )
+            images, done = [], []
+            for row in out.iter_rows():
+                p = chunk[int(row["idx"])]
+                if row["error"]:
+                    summary.failed.append((p.entry.image, str(row["error"])))
+                    state.mark_failed(p.entry.image, str(row["error"]))
+                    continue
+                images.append(_to_image(p, np.asarray(row["vector"], dtype=np.float32)))
+                done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+                if len(images) >= batch_size:
+                    sink.upsert(images)
+                    state.mark_done(done)
+                    summary.imported += len(images)
+                    images, done = [], []
+            if images:
+                sink.upsert(images)
+                state.mark_done(done)
+                summary.imported += len(images)
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        state.close()
+        if started_here:
+            ray.shutdown()
+    return summary

@@ -1,0 +1,271 @@
+"""The phone's flow in Python: detect -> choose objects -> crop -> embed -> encode, with LiteRT.
+
+Driven only by bundle manifests (input spec, output roles, thresholds, model
+id), so the same code runs our converted ResNet and a third-party TFLite
+embedder. No torch: this is what a phone has.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoplens.contract.codecs import Encoding, encode_vector, l2_normalize
+from shoplens.contract.errors import ManifestError
+from shoplens.contract.manifest import (
+    ArtifactFormat,
+    ArtifactManifest,
+    BundleManifest,
+    OutputRole,
+    Precision,
+    Task,
+    load_manifest,
+    manifest_path,
+)
+from shoplens.sdk.images import load_rgb
+from shoplens.sdk.tensors import prepare_input
+from shoplens.sdk.yolo_decode import Detections, decode_with_manifest, dequantize
+
+
+def _interpreter(path: Path, num_threads: int) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=num_threads)
+    it.allocate_tensors()
+    return it
+
+
+class _TFLiteModel:
+    """One TFLite artifact of a bundle, with its input/output tensors found by the manifest's names."""
+
+    def __init__(self, bundle: str | os.PathLike[str], task: Task, precision: Precision | str | None, num_threads: int) -> None:
+        self.manifest: BundleManifest = load_manifest(bundle)
+        if self.manifest.task is not task:
+            raise ManifestError(f"{manifest_path(bundle)} is a {self.manifest.task.value} bundle, expected a {task.value}")
+        self.artifact: ArtifactManifest = self.manifest.artifact(ArtifactFormat.TFLITE, precision)
+        self.path = manifest_path(bundle).parent / self.artifact.file
+        if not self.path.is_file():
+            raise ManifestError(f"artifact {self.path} listed in the manifest does not exist")
+        self.interpreter = _interpreter(self.path, num_threads)
+        self._in = self._find(self.interpreter.get_input_details(), self.artifact.input.name, "input")
+        self._outs = {o.role: self._find(self.interpreter.get_output_details(), o.name, "output") for o in self.artifact.outputs}
+
+    def _find(self, details: list[dict], name: str, kind: str) -> dict:
+        for d in details:
+            if d["name"] == name:
+                return d
+        if len(details) == 1:  # converters sometimes rename single tensors; the manifest's shape still decides
+            return details[0]
+        names = [d["name"] for d in details]
+        raise ManifestError(f"{self.path.name}: no {kind} tensor named {name!r} (has {names})")
+
+    def run(self, x: np.ndarray) -> dict[OutputRole, np.ndarray]:
+        expected = tuple(self._in["shape"])
+        if x.shape != expected or x.dtype != self._in["dtype"]:
+            raise ManifestError(f"{self.path.name}: manifest input gives {x.shape} {x.dtype}, the model wants {expected} {np.dtype(self._in['dtype'])}")
+        self.interpreter.set_tensor(self._in["index"], x)
+        self.interpreter.invoke()
+        return {role: self.interpreter.get_tensor(d["index"]) for role, d in self._outs.items()}
+
+
+class Embedder:
+    """A TFLite embedder bundle: uint8 RGB crop in, unit vector out."""
+
+    def __init__(self, bundle: str | os.PathLike[str], precision: Precision | str | None = None, num_threads: int = 2) -> None:
+        self._model = _TFLiteModel(bundle, Task.EMBEDDER, precision, num_threads)
+        spec = self._model.manifest.embedder
+        assert spec is not None
+        self.spec = spec
+        self.model_id = spec.model_id
+        self.dim = spec.dim
+        self._out = self._model.artifact.output(OutputRole.EMBEDDING)
+
+    @property
+    def artifact(self) -> ArtifactManifest:
+        return self._model.artifact
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray:
+        x, _ = prepare_input(rgb, self._model.artifact.input)
+        raw = self._model.run(x)[OutputRole.EMBEDDING]
+        q = self._out.quantization
+        vec = dequantize(raw, q.scale if q else None, q.zero_point if q else 0).reshape(-1)
+        return l2_normalize(vec)
+
+
+class Detector:
+    """A TFLite YOLO bundle: photo in, detections in photo pixels out."""
+
+    def __init__(self, bundle: str | os.PathLike[str], precision: Precision | str | None = None, num_threads: int = 2) -> None:
+        self._model = _TFLiteModel(bundle, Task.DETECTOR, precision, num_threads)
+        spec = self._model.manifest.detector
+        assert spec is not None
+        self.spec = spec
+        self._out = self._model.artifact.output(OutputRole.YOLO_RAW)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
+
+    def detect(self, rgb: np.ndarray, **overrides: Any) -> Detections:
+        x, geo = prepare_input(rgb, self._model.artifact.input)
+        raw = self._model.run(x)[OutputRole.YOLO_RAW]
+        assert geo is not None, "a detector input must be letterboxed"
+        return decode_with_manifest(raw, geo, self.spec, self._out, **overrides)
+
+
+@dataclass
+class FlowOptions:
+    """How the phone chooses and crops objects (MediaPipe-style options object)."""
+
+    max_objects: int = 3
+    crop_margin: float = 0.10  # of the box size, on each side: the embedder was trained on loose crops
+    min_box_fraction: float = 0.01  # ignore boxes smaller than this fraction of the photo area
+    conf_threshold: float | None = None  # None: the manifest's default
+    whole_image_fallback: bool = True  # no detection: embed the whole photo, as the catalog import does
+    encoding: Encoding = Encoding.I8
+
+
+@dataclass
+class DetectedObject:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
+    label: str
+    score: float
+    vector: np.ndarray
+    encoded: str
+    source: str  # "detector", "caller_box" or "whole_image"
+
+
+@dataclass
+class FlowResult:
+    image_size: tuple[int, int]  # width, height
+    objects: list[DetectedObject]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    model_id: str = ""
+    encoding: Encoding = Encoding.I8
+
+    @property
+    def payload_bytes(self) -> int:
+        """What would leave the phone: the encoded vectors only."""
+        return sum(len(o.encoded) for o in self.objects)
+
+
+def crop_with_margin(rgb: np.ndarray, box: tuple[float, float, float, float], margin: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
+    right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    if right - left < 2 or bottom - top < 2:
+        raise ValueError(f"box {box} is empty inside a {w}x{h} photo")
+    return rgb[top:bottom, left:right]
+
+
+def choose_objects(dets: Detections, image_area: float, options: FlowOptions) -> list[int]:
+    """Top-N by score x area: a shopper photographs the product they want, big and in focus."""
+    if len(dets) == 0:
+        return []
+    areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+    keep = np.where(areas >= options.min_box_fraction * image_area)[0]
+    order = keep[np.argsort(-(dets.scores[keep] * areas[keep]), kind="stable")]
+    return [int(i) for i in order[: options.max_objects]]
+
+
+class DeviceRuntime:
+    """Detector + embedder bundles; ``process(photo)`` runs the phone's flow and times each stage."""
+
+    def __init__(self, embedder: Embedder, detector: Detector | None = None, options: FlowOptions | None = None) -> None:
+        self.embedder = embedder
+        self.detector = detector
+        self.options = options or FlowOptions()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        embedder: str | os.PathLike[str] | None = None,
+        detector: str | os.PathLike[str] | None = None,
+        precision: str | None = None,
+        options: FlowOptions | None = None,
+        num_threads: int = 2,
+    ) -> "DeviceRuntime":
+        """``path``: a folder holding one embedder bundle and at most one detector bundle
+        (e.g. ``mobile_assets/``), or give the two bundle folders explicitly."""
+        if path is not None:
+            found = _bundles_under(Path(path))
+            embedder = embedder or _only(found, Task.EMBEDDER, Path(path))
+            detector = detector or (_only(found, Task.DETECTOR, Path(path)) if found.get(Task.DETECTOR) else None)
+        if embedder is None:
+            raise ManifestError("no embedder bundle given")
+        return cls(
+            Embedder(embedder, precision, num_threads),
+            Detector(detector, None, num_threads) if detector else None,
+            options,
+        )
+
+    def process(self, photo: str | os.PathLike[str] | bytes | np.ndarray, *, box: tuple[float, float, float, float] | None = None) -> FlowResult:
+        """Photo -> encoded vectors of the chosen objects. ``box`` (x, y, w, h): the object the shopper tapped."""
+        opts = self.options
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        rgb = photo if isinstance(photo, np.ndarray) else load_rgb(photo)
+        timings["decode"] = (time.perf_counter() - t) * 1000
+        h, w = rgb.shape[:2]
+        regions: list[tuple[tuple[float, float, float, float], str, float, str]] = []
+        if box is not None:
+            x, y, bw, bh = box
+            regions.append(((x, y, x + bw, y + bh), "", 1.0, "caller_box"))
+        elif self.detector is not None:
+            t = time.perf_counter()
+            overrides = {"conf_threshold": opts.conf_threshold} if opts.conf_threshold is not None else {}
+            dets = self.detector.detect(rgb, **overrides)
+            timings["detect"] = (time.perf_counter() - t) * 1000
+            for i in choose_objects(dets, float(w * h), opts):
+                label = self.detector.class_names[int(dets.classes[i])]
+                regions.append((tuple(float(v) for v in dets.boxes[i]), label, float(dets.scores[i]), "detector"))
+        if not regions and opts.whole_image_fallback:
+            regions.append(((0.0, 0.0, float(w), float(h)), "", 0.0, "whole_image"))
+        objects = []
+        crop_ms = embed_ms = encode_ms = 0.0
+        for bbox, label, score, source in regions:
+            t0 = time.perf_counter()
+            crop = rgb if source == "whole_image" else crop_with_margin(rgb, bbox, opts.crop_margin)
+            t1 = time.perf_counter()
+            vec = self.embedder.embed(crop)
+            t2 = time.perf_counter()
+            encoded = encode_vector(vec, opts.encoding, self.embedder.dim)
+            t3 = time.perf_counter()
+            crop_ms, embed_ms, encode_ms = crop_ms + (t1 - t0) * 1000, embed_ms + (t2 - t1) * 1000, encode_ms + (t3 - t2) * 1000
+            objects.append(DetectedObject(bbox, label, score, vec, encoded, source))
+        timings.update(crop=crop_ms, embed=embed_ms, encode=encode_ms)
+        return FlowResult((w, h), objects, timings, self.embedder.model_id, opts.encoding)
+
+    def search(self, photo: str | os.PathLike[str] | bytes | np.ndarray, client: Any, *, box: tuple[float, float, float, float] | None = None, top_k: int = 5, **search_options: Any) -> tuple[FlowResult, Any]:
+        """The whole phone flow: one batch request for all objects in the photo."""
+        result = self.process(photo, box=box)
+        if not result.objects:
+            return result, None
+        t = time.perf_counter()
+        response = client.search_batch([o.encoded for o in result.objects], model_id=result.model_id, encoding=result.encoding, top_k=top_k, **search_options)
+        result.timings_ms["search_http"] = (time.perf_counter() - t) * 1000
+        return result, response
+
+
+def _bundles_under(root: Path) -> dict[Task, list[Path]]:
+    found: dict[Task, list[Path]] = {}
+    candidates = [root] if (root / "manifest.json").is_file() else sorted(p.parent for p in root.glob("*/manifest.json"))
+    for c in candidates:
+        found.setdefault(load_manifest(c).task, []).append(c)
+    return found
+
+
+def _only(found: dict[Task, list[Path]], task: Task, root: Path) -> Path:
+    paths = found.get(task, [])
+    if len(paths) != 1:
+        raise ManifestError(f"expected exactly one {task.value} bundle under {root}, found {len(paths)}: {[p.name for p in paths]}; pass {task.value}= explicitly")
+    return paths[0]

@@ -1,0 +1,145 @@
+"""Catalog import: real bundle, real Milvus Lite file, bad files reported, resume without duplicates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoplens.sdk.catalog import CatalogError, read_catalog
+from shoplens.sdk.importer import import_catalog, image_id_for
+from shoplens.sdk.wrap import wrap_tflite_embedder
+
+MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_bundle(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mobilenet")
+    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, out, name="mobilenet-v1-imagenet", link=True)
+    return out
+
+
+def _iconic(grocery_dir: Path, n: int) -> list[tuple[str, Path]]:
+    rows = list(csv.DictReader((grocery_dir / "classes.csv").open()))[:n]
+    return [(r["Class Name (str)"], grocery_dir / r["Iconic Image Path (str)"].lstrip("/")) for r in rows]
+
+
+def _write_catalog(tmp: Path, grocery_dir: Path, n: int = 12) -> Path:
+    items = _iconic(grocery_dir, n)
+    (tmp / "broken.jpg").write_bytes(items[0][1].read_bytes()[:500])
+    lines = [{"product_id": pid, "image": str(path), "title": pid, "category": "grocery", "price": 1.5 + i, "brand": "acme"} for i, (pid, path) in enumerate(items)]
+    lines.append({"product_id": items[0][0], "image": str(items[0][1]), "title": "same bytes again"})  # exact duplicate
+    lines.append({"product_id": "ghost", "image": str(tmp / "missing.jpg")})
+    lines.append({"product_id": "broken", "image": "broken.jpg"})  # relative to the catalog file
+    cat = tmp / "catalog.jsonl"
+    cat.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return cat
+
+
+class ListSink:
+    """Keeps acknowledged writes in memory, keyed like the index (upsert by image id)."""
+
+    def __init__(self, model_id: str, fail_after: int | None = None) -> None:
+        self.model_id = model_id
+        self.rows: dict[str, object] = {}
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def upsert(self, images) -> None:  # type: ignore[no-untyped-def]
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("simulated crash before the write was acknowledged")
+        self.calls += 1
+        for img in images:
+            self.rows[img.image_id] = img
+
+
+def test_catalog_readers(tmp_path: Path, grocery_dir: Path) -> None:
+    cat = _write_catalog(tmp_path, grocery_dir, 3)
+    entries = list(read_catalog(cat))
+    assert entries[0].attributes == {"brand": "acme"} and entries[0].price == 1.5
+    assert entries[-1].image == str(tmp_path / "broken.jpg")
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text("product_id,image,price,colour\np1,a.jpg,2.5,red\n")
+    (e,) = read_catalog(csv_path)
+    assert e.attributes == {"colour": "red"} and e.image == str(tmp_path / "a.jpg")
+    csv_path.write_text("product_id,image,price\np1,a.jpg,cheap\n")
+    with pytest.raises(CatalogError, match="line 2: price"):
+        list(read_catalog(csv_path))
+    (tmp_path / "bad.jsonl").write_text('{"product_id": "x"}\n')
+    with pytest.raises(CatalogError, match="product_id and image are required"):
+        list(read_catalog(tmp_path / "bad.jsonl"))
+
+
+def test_import_reports_bad_files_and_skips_duplicates(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    from shoplens.contract.manifest import load_manifest
+
+    mid = load_manifest(mobilenet_bundle).embedder.model_id
+    cat = _write_catalog(tmp_path, grocery_dir, 12)
+    sink = ListSink(mid)
+    s = import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=sink, state_path=tmp_path / "state.db", batch_size=5, progress=False)
+    assert (s.total, s.imported, s.duplicates, len(s.failed)) == (15, 12, 1, 2)
+    reasons = dict(s.failed)
+    assert "not found" in reasons[str(tmp_path / "missing.jpg")] and "corrupt" in reasons[str(tmp_path / "broken.jpg")]
+    assert len(sink.rows) == 12
+    first = next(iter(sink.rows.values()))
+    assert first.encoding.value == "f32" and first.category == "grocery" and first.attributes == {"brand": "acme"}
+
+    again = import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=sink, state_path=tmp_path / "state.db", batch_size=5, progress=False)
+    assert (again.imported, again.already_done) == (0, 12), "a rerun must redo nothing"
+
+
+def test_crash_mid_import_then_resume_equals_clean_run(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    from shoplens.contract.codecs import decode_vector
+    from shoplens.contract.manifest import load_manifest
+
+    mid = load_manifest(mobilenet_bundle).embedder.model_id
+    cat = _write_catalog(tmp_path, grocery_dir, 12)
+    crashing = ListSink(mid, fail_after=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=crashing, state_path=tmp_path / "s.db", batch_size=4, progress=False)
+    assert len(crashing.rows) == 4
+    crashing.fail_after = None
+    resumed = import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=crashing, state_path=tmp_path / "s.db", batch_size=4, progress=False)
+    assert resumed.already_done == 4 and resumed.imported == 8
+
+    clean = ListSink(mid)
+    import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=clean, state_path=tmp_path / "clean.db", batch_size=4, progress=False)
+    assert set(crashing.rows) == set(clean.rows)
+    for k in clean.rows:
+        a, b = (decode_vector(r.rows[k].vector, "f32", 1024) for r in (crashing, clean))
+        assert np.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_vectors(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    from shoplens.contract.manifest import load_manifest
+
+    mid = load_manifest(mobilenet_bundle).embedder.model_id
+    cat = _write_catalog(tmp_path, grocery_dir, 8)
+    one, two = ListSink(mid), ListSink(mid)
+    import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=one, state_path=tmp_path / "1.db", progress=False)
+    s = import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=two, state_path=tmp_path / "2.db", workers=2, progress=False)
+    assert s.imported == 8 and {k: v.vector for k, v in one.rows.items()} == {k: v.vector for k, v in two.rows.items()}
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_local(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from shoplens.contract.manifest import load_manifest
+    from shoplens.sdk.ray_import import import_catalog_ray
+
+    mid = load_manifest(mobilenet_bundle).embedder.model_id
+    cat = _write_catalog(tmp_path, grocery_dir, 10)
+    local, distributed = ListSink(mid), ListSink(mid)
+    import_catalog(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=local, state_path=tmp_path / "l.db", progress=False)
+    s = import_catalog_ray(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=distributed, state_path=tmp_path / "r.db", workers=2, batch_size=4)
+    assert (s.imported, s.duplicates, len(s.failed)) == (10, 1, 2)
+    assert {k: v.vector for k, v in local.rows.items()} == {k: v.vector for k, v in distributed.rows.items()}
+    again = import_catalog_ray(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=distributed, state_path=tmp_path / "r.db", workers=2)
+    assert (again.imported, again.already_done) == (0, 10)

@@ -1,0 +1,108 @@
+"""DeviceRuntime with real LiteRT interpreters and real weights, driven only by manifests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shoplens.contract.errors import ManifestError
+from shoplens.contract.manifest import load_manifest
+from shoplens.sdk.images import ImageError, load_rgb
+from shoplens.sdk.runtime import DeviceRuntime, Embedder, FlowOptions, crop_with_margin
+from shoplens.sdk.wrap import wrap_tflite_embedder
+
+MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_bundle(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mobilenet")
+    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, out, name="mobilenet-v1-imagenet", link=True)
+    return out
+
+
+def _photos(grocery_dir: Path, n: int) -> list[Path]:
+    lines = (grocery_dir / "val.txt").read_text().splitlines()[:n]
+    return [grocery_dir / line.split(",")[0].strip() for line in lines]
+
+
+def test_wrapped_manifest_reads_the_model(mobilenet_bundle: Path) -> None:
+    m = load_manifest(mobilenet_bundle)
+    a = m.artifacts[0]
+    assert m.embedder.dim == 1024 and a.input.shape == [1, 224, 224, 3] and a.input.dtype.value == "uint8"
+    assert a.outputs[0].quantization is not None and a.outputs[0].dtype.value == "uint8"
+    assert m.embedder.model_id.startswith("mobilenet-v1-imagenet-1024d-")
+
+
+def test_embedder_gives_unit_vectors_that_separate_products(mobilenet_bundle: Path, grocery_dir: Path) -> None:
+    emb = Embedder(mobilenet_bundle)
+    photos = _photos(grocery_dir, 40)
+    vecs = np.stack([emb.embed(load_rgb(p)) for p in photos])
+    assert vecs.shape == (40, 1024) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    # the same photo twice: identical; different photos: not all identical (a real, non-constant model)
+    again = emb.embed(load_rgb(photos[0]))
+    assert float(again @ vecs[0]) > 0.99999
+    sims = vecs @ vecs.T
+    assert sims[np.triu_indices(40, 1)].min() < 0.9
+
+
+def test_runtime_flow_with_caller_box_and_fallback(mobilenet_bundle: Path, grocery_dir: Path) -> None:
+    rt = DeviceRuntime.from_bundle(embedder=mobilenet_bundle, options=FlowOptions(encoding="f16"))
+    photo = _photos(grocery_dir, 1)[0]
+    whole = rt.process(photo)
+    assert [o.source for o in whole.objects] == ["whole_image"]
+    w, h = whole.image_size
+    tapped = rt.process(photo, box=(w * 0.25, h * 0.25, w * 0.5, h * 0.5))
+    assert tapped.objects[0].source == "caller_box"
+    assert float(tapped.objects[0].vector @ whole.objects[0].vector) < 0.9999
+    assert set(tapped.timings_ms) >= {"decode", "crop", "embed", "encode"}
+    assert tapped.payload_bytes == 2732  # base64 of 1024 f16 components: the only bytes that leave the phone
+
+
+def test_corrupt_and_missing_images(tmp_path: Path, grocery_dir: Path) -> None:
+    good = _photos(grocery_dir, 1)[0].read_bytes()
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        load_rgb(good[: len(good) // 3])
+    with pytest.raises(ImageError, match="not a recognised image"):
+        load_rgb(b"definitely not an image")
+    with pytest.raises(ImageError, match="not found"):
+        load_rgb(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="empty"):
+        load_rgb(b"")
+    buf = io.BytesIO()
+    Image.new("L", (20000, 2500)).save(buf, format="PNG")  # 50 MP of zeros: a few KB compressed
+    with pytest.raises(ImageError, match="pixels"):
+        load_rgb(buf.getvalue())
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    with pytest.raises(ImageError, match="outside"):
+        load_rgb(buf.getvalue())
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    assert load_rgb(buf.getvalue()).shape == (40, 20, 3)
+
+
+def test_crop_margin_is_clipped_to_the_photo() -> None:
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    assert crop_with_margin(rgb, (0, 0, 50, 50), 0.1).shape == (55, 55, 3)
+    with pytest.raises(ValueError, match="empty"):
+        crop_with_margin(rgb, (300, 300, 310, 310), 0.1)
+
+
+def test_wrong_bundles_are_refused(mobilenet_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest"):
+        Embedder(tmp_path)
+    with pytest.raises(ManifestError, match="no coreml"):
+        from shoplens.contract.manifest import load_manifest as lm
+
+        lm(mobilenet_bundle).artifact("coreml")
