@@ -48,22 +48,26 @@ class DemoData:
     val: list[tuple[Path, str]]
 
 
-def load_grocery(dataset_root: Path) -> DemoData:
-    """Products from classes.csv; photos from train.txt / val.txt (``path, fine_id, coarse_id``)."""
+def load_grocery(dataset_root: Path, products: int | None = None) -> DemoData:
+    """Products from classes.csv; photos from train.txt / val.txt (``path, fine_id, coarse_id``).
+
+    ``products``: keep only the first N products (and their photos), for a quick look.
+    """
     root = dataset_root / "dataset" if (dataset_root / "dataset").is_dir() else dataset_root
-    rows = list(csv.DictReader((root / "classes.csv").open(encoding="utf-8")))
+    rows = list(csv.DictReader((root / "classes.csv").open(encoding="utf-8")))[:products]
     names = {int(r["Class ID (int)"]): r["Class Name (str)"] for r in rows}
-    products = [DemoProduct(r["Class Name (str)"], r["Coarse Class Name (str)"], root / r["Iconic Image Path (str)"].lstrip("/")) for r in rows]
+    items = [DemoProduct(r["Class Name (str)"], r["Coarse Class Name (str)"], root / r["Iconic Image Path (str)"].lstrip("/")) for r in rows]
 
     def split(name: str) -> list[tuple[Path, str]]:
         out = []
         for line in (root / name).read_text().splitlines():
             if line.strip():
                 path, fine, _ = (x.strip() for x in line.split(","))
-                out.append((root / path, names[int(fine)]))
+                if int(fine) in names:
+                    out.append((root / path, names[int(fine)]))
         return out
 
-    return DemoData(root, products, split("train.txt"), split("val.txt"))
+    return DemoData(root, items, split("train.txt"), split("val.txt"))
 
 
 def catalog_entries(data: DemoData) -> list[Any]:
@@ -155,6 +159,7 @@ def run_demo(
     workdir: Path,
     report_path: Path,
     max_queries: int | None = None,
+    products: int | None = None,
     workers: int = 2,
     report_cards: int = 40,
     fresh: bool = False,
@@ -171,14 +176,15 @@ def run_demo(
     from shoplens.contract.manifest import Task
     from shoplens.settings import Settings
 
-    data = load_grocery(grocery_store().require(hint="The demo needs the Grocery Store dataset: set SHOPLENS_DATA_DIR to a folder containing grocery_store/."))
+    data = load_grocery(grocery_store().require(hint="The demo needs the Grocery Store dataset: set SHOPLENS_DATA_DIR to a folder containing grocery_store/."), products)
     found = _bundles_under(bundle_dir)
     embedder = _only(found, Task.EMBEDDER, bundle_dir)
     detector = _only(found, Task.DETECTOR, bundle_dir) if found.get(Task.DETECTOR) else None
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    db = workdir / "catalog.db"
-    state = workdir / f"import-{model_id}.db"
+    tag = f"-{products}p" if products else ""
+    db = workdir / f"catalog{tag}.db"
+    state = workdir / f"import-{model_id}{tag}.db"
     if fresh or not db.exists():
         for f in (db, state):
             if f.exists():
@@ -186,7 +192,8 @@ def run_demo(
     admin, device = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     settings = Settings(milvus_uri=str(db), collection="demo_catalog", admin_keys=[admin], device_keys=[device], rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
     entries = catalog_entries(data)
-    console.print(f"[bold]catalog[/]: {len(data.products)} products, {len(entries)} images (iconic + train photos); [bold]queries[/]: {len(data.val)} val photos")
+    queries = data.val[:max_queries] if max_queries else data.val
+    console.print(f"[bold]catalog[/]: {len(data.products)} products, {len(entries)} images (iconic + train photos); [bold]queries[/]: {len(queries)} val photos")
     console.print(f"[bold]bundles[/]: embedder {embedder.name} ({model_id}), detector {detector.name if detector else 'none'}")
     with BackgroundService(settings) as svc:
         console.print(f"[bold]service[/]: {svc.url} (Milvus Lite at {db})")
@@ -199,7 +206,6 @@ def run_demo(
             console.print(f"[yellow]{len(summary.failed)} catalog images skipped[/]: {summary.failed[:3]}")
         console.print(f"indexed {summary.imported} new images ({summary.already_done} already indexed) in {index_s:.1f} s; the index holds {rows}")
         rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, options=FlowOptions(max_objects=1))
-        queries = data.val[:max_queries] if max_queries else data.val
         outcomes: list[QueryOutcome] = []
         t0 = time.perf_counter()
         with ShoplensClient(svc.url, device) as client, Progress(disable=not progress) as bar:
@@ -253,6 +259,7 @@ def _write_report(path: Path, demo: DemoSummary, outcomes: list[QueryOutcome], a
 def demo(
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/)."),
     queries: Optional[int] = typer.Option(None, "--queries", min=1, help="Search only the first N val photos (default: all 296)."),
+    products: Optional[int] = typer.Option(None, "--products", min=2, max=81, help="Use only the first N of the 81 products (catalog and queries), for a quick look."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Processes for the catalog import."),
     report: Path = typer.Option(Path("demo_report.html"), "--report", help="Where to write the HTML report."),
     fresh: bool = typer.Option(False, "--fresh", help="Rebuild the demo index from scratch instead of reusing the cached one."),
@@ -270,7 +277,7 @@ def demo(
     require_extra("device")
     require_extra("cloud")
     t0 = time.perf_counter()
-    s = run_demo(bundle_dir=bundle or default_bundle_dir(), workdir=get_settings().cache_dir / "demo", report_path=report.resolve(), max_queries=queries, workers=workers, fresh=fresh, progress=progress)
+    s = run_demo(bundle_dir=bundle or default_bundle_dir(), workdir=get_settings().cache_dir / "demo", report_path=report.resolve(), max_queries=queries, products=products, workers=workers, fresh=fresh, progress=progress)
     table = Table(title="shoplens demo")
     table.add_column("metric")
     table.add_column("value")
