@@ -171,3 +171,13 @@ def test_vectors_are_never_logged(lite_settings, client_for, catalog, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert catalog.images[0]["vector"][:40] not in logged
     assert ADMIN not in logged and DEVICE not in logged
+
+
+def test_lite_growth_warning_in_stats_and_log(lite_settings, client_for, catalog, caplog):
+    caplog.set_level("WARNING", logger="shoplens.cloud")
+    c = client_for(lite_settings(lite_warn_rows=len(catalog.images) - 1))
+    assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    warnings = c.get("/v1/stats", headers=ADMIN_H).json()["warnings"]
+    assert len(warnings) == 1 and "SHOPLENS_MILVUS_URI=http://" in warnings[0]
+    assert any("SHOPLENS_MILVUS_URI=http://" in r.getMessage() for r in caplog.records)
+    assert "shoplens_catalog_rows 36.0" in c.get("/metrics").text

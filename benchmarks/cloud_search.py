@@ -1,0 +1,338 @@
+"""Cloud search: insert rate, index build, RSS/disk, HTTP vs bare pymilvus vs faiss, recall@10.
+
+Usage:
+  .venv/bin/python benchmarks/cloud_search.py --backend server --n 100000
+  .venv/bin/python benchmarks/cloud_search.py --backend lite --n 5000
+Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qps-seconds each),
+--m 16 --ef-construction 64 --ef 64 (HNSW, server and faiss; Lite keeps no index params), --uri
+(an existing server instead of starting the PyPI ``milvus`` one), --tag (row label).
+
+Data: clustered synthetic 256-d unit vectors (seeded): ``n/50`` centres, each row a centre
+plus Gaussian noise; queries are noisy copies of random rows. Every row is its own product,
+so grouping never changes the top 10 and recall@10 is against exact numpy search over images.
+The HTTP side is a real ``shoplens serve`` (uvicorn, one worker) subprocess on 127.0.0.1;
+"bare" is the same Milvus through pymilvus with no HTTP; faiss HNSW runs in this process.
+Results are merged into ``benchmarks/results/cloud_search.json`` (one row per backend x n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, machine_facts, print_table  # noqa: E402
+
+from shoplens.contract.codecs import Encoding, encode_vector  # noqa: E402
+
+DIM = 256
+MODEL = "bench-256d-000000000000"
+ADMIN, DEVICE = "bench-admin", "bench-device"
+
+
+def make_data(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 50), DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, len(centres), n)] + 0.08 * rng.standard_normal((n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[rng.integers(0, n, n_queries)] + 0.05 * rng.standard_normal((n_queries, DIM)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return x.astype(np.float32), q.astype(np.float32)
+
+
+def exact_top10(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    out = np.empty((len(q), 10), dtype=np.int64)
+    for i in range(0, len(q), 256):
+        s = q[i:i + 256] @ x.T
+        part = np.argpartition(-s, 10, axis=1)[:, :10]
+        order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1)
+        out[i:i + 256] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
+
+
+def pct(lat: list[float]) -> dict[str, float]:
+    a = np.array(lat) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dir_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def rss_mb(pid: int, children: bool = True) -> float:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *(p.children(recursive=True) if children else [])]
+        return sum(x.memory_info().rss for x in procs) / 2**20
+    except psutil.Error:
+        return float("nan")
+
+
+def concurrent_qps(fn, queries: np.ndarray, clients: int, seconds: float) -> float:
+    """Each client loops over its share of queries for ``seconds``; total completed / elapsed."""
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        j = i
+        while time.monotonic() < stop:
+            fn(i, queries[j % len(queries)])
+            done[i] += 1
+            j += clients
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - t0)
+
+
+def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=["lite", "server"], required=True)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--qps-seconds", type=float, default=10.0)
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=64)
+    ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--uri", default="")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--skip-faiss", action="store_true")
+    args = ap.parse_args()
+
+    import httpx
+
+    from shoplens.settings import Settings
+
+    from shoplens.cloud.store import CatalogStore
+    from shoplens.contract.schemas import CatalogImage
+
+    work = Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
+    server = None
+    server_pid: int | None = None
+    if args.backend == "server" and not args.uri:
+        from milvus import default_server
+
+        default_server.set_base_dir(str(work / "milvus"))
+        default_server.listen_port = free_port()
+        default_server.start()
+        server = default_server
+        server_pid = default_server.server_proc.pid if default_server.server_proc else None
+        uri = f"http://127.0.0.1:{default_server.listen_port}"
+    else:
+        uri = args.uri or str(work / "lite" / "bench.db")
+    settings = Settings(
+        milvus_uri=uri, collection="bench", admin_keys=[ADMIN], device_keys=[DEVICE], cache_dir=work,
+        index_type="HNSW", index_params={"M": args.m, "efConstruction": args.ef_construction},
+        search_params={"ef": args.ef}, rate_limit_per_s=1e9, rate_limit_burst=10**9, milvus_timeout_s=60,
+    )
+    x, q = make_data(args.n, args.queries)
+    truth = exact_top10(x, q)
+    row: dict[str, Any] = {"backend": args.backend, "n": args.n, "tag": args.tag, "queries": args.queries,
+                           "clients": args.clients}
+    notes: list[str] = []
+    try:
+        # ---- insert + index build (direct to Milvus through the service's store) ----
+        store = CatalogStore(settings)
+        row["server_version"] = store.ping()
+        binding = store.create_collection(MODEL, activate=True)
+        t0 = time.perf_counter()
+        batch = 1000
+        for i in range(0, args.n, batch):
+            imgs = [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
+                    for j in range(i, min(args.n, i + batch))]
+            store.upsert(binding, imgs)
+        row["insert_s"] = time.perf_counter() - t0
+        row["insert_rows_per_s"] = args.n / row["insert_s"]
+        t0 = time.perf_counter()
+        with store._call("flush") as c:  # seal segments so the index covers every row
+            c.flush(binding.collection)
+            if args.backend == "server":
+                while True:
+                    info = c.describe_index(binding.collection, "vector")
+                    if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
+                        break
+                    time.sleep(1)
+        # first query: on Lite this is where the index gets built
+        store.search(binding, q[:1], top_k=10)
+        row["index_build_s"] = time.perf_counter() - t0
+        row["index"] = (f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
+                        if args.backend == "server" else "AUTOINDEX (Lite keeps no params)")
+
+        # ---- bare pymilvus ----
+        def bare(i: int, v: np.ndarray) -> list[int]:
+            hits, _ = store.search(binding, v[None, :], top_k=10)
+            return [int(h.image_id) for h in hits[0]]
+
+        for v in q[:20]:
+            bare(0, v)
+        lat, found = [], []
+        for v in q:
+            t = time.perf_counter()
+            found.append(bare(0, v))
+            lat.append(time.perf_counter() - t)
+        row.update({f"bare_{k}": v for k, v in pct(lat).items()})
+        row["bare_recall@10"] = recall(found, truth)
+        row["bare_qps_8"] = concurrent_qps(bare, q, args.clients, args.qps_seconds)
+        if server_pid:
+            row["milvus_rss_mb"] = rss_mb(server_pid)
+        else:
+            row["bench_process_rss_mb_with_lite"] = rss_mb(os.getpid(), children=False)
+        row["disk_mb"] = dir_size(work / ("milvus" if server else "lite")) / 2**20 if not args.uri else None
+        store.close()  # a Lite file is locked to one process: hand it to the service
+
+        # ---- through HTTP: shoplens serve on loopback ----
+        port = free_port()
+        env = dict(os.environ, SHOPLENS_MILVUS_URI=uri, SHOPLENS_COLLECTION="bench",
+                   SHOPLENS_ADMIN_KEYS=json.dumps([ADMIN]), SHOPLENS_DEVICE_KEYS=json.dumps([DEVICE]),
+                   SHOPLENS_SEARCH_PARAMS=json.dumps({"ef": args.ef}), SHOPLENS_RATE_LIMIT_PER_S="1e9",
+                   SHOPLENS_RATE_LIMIT_BURST=str(10**9), SHOPLENS_CACHE_DIR=str(work))
+        log = (work / "serve.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "shoplens", "serve", "--port", str(port), "--log-level",
+                                 "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(base + "/v1/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("serve did not start: " + (work / "serve.log").read_text()[-2000:])
+                time.sleep(0.3)
+            bodies = {enc: [json.dumps({"model_id": MODEL, "encoding": enc.value, "top_k": 10,
+                                        "vector": encode_vector(v, enc)}) for v in q] for enc in Encoding}
+            row.update({f"request_bytes_{enc.value}": len(bodies[enc][0]) for enc in Encoding})
+            clients = [httpx.Client(base_url=base, headers={"X-API-Key": DEVICE, "content-type": "application/json"},
+                                    timeout=60) for _ in range(args.clients)]
+
+            def http_search(i: int, body: str) -> list[int]:
+                r = clients[i].post("/v1/search", content=body)
+                r.raise_for_status()
+                return [int(h["image_id"]) for h in r.json()["hits"]]
+
+            for b in bodies[Encoding.I8][:20]:
+                http_search(0, b)
+            lat, found = [], []
+            for b in bodies[Encoding.I8]:
+                t = time.perf_counter()
+                found.append(http_search(0, b))
+                lat.append(time.perf_counter() - t)
+            row.update({f"http_{k}": v for k, v in pct(lat).items()})
+            row["http_recall@10_i8"] = recall(found, truth)
+            qbodies = np.array(bodies[Encoding.I8], dtype=object)
+            row["http_qps_8"] = concurrent_qps(http_search, qbodies, args.clients, args.qps_seconds)
+            row["service_rss_mb"] = rss_mb(proc.pid)
+            for c in clients:
+                c.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+        # ---- faiss HNSW in-process, same data and queries ----
+        if not args.skip_faiss:
+            import faiss
+
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = args.ef_construction
+            t0 = time.perf_counter()
+            index.add(x)
+            row["faiss_build_s"] = time.perf_counter() - t0
+            index.hnsw.efSearch = args.ef
+            faiss.omp_set_num_threads(1)
+            lat, found = [], []
+            for v in q:
+                t = time.perf_counter()
+                _, ids = index.search(v[None, :], 10)
+                lat.append(time.perf_counter() - t)
+                found.append(ids[0].tolist())
+            row.update({f"faiss_{k}": v for k, v in pct(lat).items()})
+            row["faiss_recall@10"] = recall(found, truth)
+
+        row["http_over_bare_p50_ms"] = row["http_p50_ms"] - row["bare_p50_ms"]
+        row["http_qps_over_bare"] = row["http_qps_8"] / row["bare_qps_8"]
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    targets = []
+    if args.backend == "server":
+        targets = [
+            {"target": "http p50 <= bare p50 + 3 ms", "value": row["http_over_bare_p50_ms"],
+             "met": row["http_over_bare_p50_ms"] <= 3},
+            {"target": "http p99 <= 15 ms", "value": row["http_p99_ms"], "met": row["http_p99_ms"] <= 15},
+            {"target": "recall@10 >= 0.98", "value": row["http_recall@10_i8"], "met": row["http_recall@10_i8"] >= 0.98},
+            {"target": "http 8-client QPS >= 0.7x bare", "value": row["http_qps_over_bare"],
+             "met": row["http_qps_over_bare"] >= 0.7},
+        ]
+    else:
+        targets = [{"target": "Lite http p99 <= 20 ms (demo size)", "value": row["http_p99_ms"],
+                    "met": row["http_p99_ms"] <= 20}]
+    row["targets"] = targets
+
+    # merge with earlier runs (one row per backend x n x tag), same payload shape as common.write_result
+    path = RESULTS_DIR / "cloud_search.json"
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        rows = [r for r in json.loads(path.read_text()).get("rows", [])
+                if (r.get("backend"), r.get("n"), r.get("tag")) != (row["backend"], row["n"], row["tag"])]
+    rows.append(row)
+    rows.sort(key=lambda r: (r["backend"], r["n"], r.get("tag", "")))
+    notes.append("2-core machine shared with other developers' jobs while measuring: latencies are upper bounds")
+    payload = {
+        "name": "cloud_search",
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "machine": machine_facts(),
+        "rows": rows,
+        "targets": [dict(t, run=f"{r['backend']} n={r['n']} {r.get('tag', '')}".strip()) for r in rows
+                    for t in r.get("targets", [])],
+        "notes": notes,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    # one column per run: the metrics do not fit side by side
+    keys = [k for k in row if k != "targets"]
+    print_table([{"metric": k, **{f"{r['backend']} {r['n']} {r.get('tag', '')}": r.get(k) for r in rows}} for k in keys],
+                title="cloud_search")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
