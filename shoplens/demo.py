@@ -153,6 +153,20 @@ def _latency(outcomes: list[QueryOutcome]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _reference_embedder(workdir: Path) -> Path:
+    """No shipped embedder bundle: fall back to the off-the-shelf ImageNet MobileNetV1 (a real, weaker model)."""
+    from shoplens.resources import find_weights
+    from shoplens.sdk.wrap import wrap_tflite_embedder
+
+    name = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+    model = find_weights(name).require(hint="No embedder bundle in the bundle folder and no reference model: run `shoplens convert embedder` first.")
+    out = workdir / "reference-embedder"
+    if not (out / "manifest.json").is_file():
+        wrap_tflite_embedder(model, out, name="mobilenet-v1-imagenet", link=True)
+    console.print("[yellow]no embedder bundle found: using the ImageNet MobileNetV1 reference embedder instead[/]")
+    return out
+
+
 def run_demo(
     *,
     bundle_dir: Path,
@@ -177,8 +191,8 @@ def run_demo(
     from shoplens.settings import Settings
 
     data = load_grocery(grocery_store().require(hint="The demo needs the Grocery Store dataset: set SHOPLENS_DATA_DIR to a folder containing grocery_store/."), products)
-    found = _bundles_under(bundle_dir)
-    embedder = _only(found, Task.EMBEDDER, bundle_dir)
+    found = _bundles_under(bundle_dir) if bundle_dir.is_dir() else {}
+    embedder = _only(found, Task.EMBEDDER, bundle_dir) if found.get(Task.EMBEDDER) else _reference_embedder(workdir)
     detector = _only(found, Task.DETECTOR, bundle_dir) if found.get(Task.DETECTOR) else None
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
