@@ -106,6 +106,11 @@ class DeleteResult(BaseModel):
     deleted: int
 
 
+class Flushed(BaseModel):
+    collection: str
+    rows: int
+
+
 class ProductImages(BaseModel):
     product_id: str
     model_id: str
@@ -321,6 +326,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.warning(warning)
                 state.lite_warned = True
         return UpsertResponse(upserted=n, model_id=target.model_id)
+
+    @app.post("/v1/catalog/flush", response_model=Flushed, tags=["catalog"])
+    def flush(
+        collection: str | None = Query(default=None, description="flush this (staging) collection instead of the served one"),
+        _: Principal = Depends(require_admin),
+    ) -> Flushed:
+        """Seal recent writes so they get indexed: call once at the end of a bulk import (searches
+        over freshly written rows are brute force until then, which Milvus Lite feels most)."""
+        target = state.store.collection_binding(collection) if collection else state.store.require_binding()
+        state.store.flush(target)
+        return Flushed(collection=target.collection, rows=state.store.count(target))
 
     @app.delete("/v1/catalog/images/{image_id}", response_model=DeleteResult, tags=["catalog"])
     def delete_image(image_id: str, _: Principal = Depends(require_admin)) -> DeleteResult:

@@ -353,6 +353,17 @@ class CatalogStore:
             result = c.upsert(binding.collection, rows)
         return int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
 
+    def flush(self, binding: Binding) -> None:
+        """Seal the collection's growing segments so Milvus indexes them.
+
+        Until then Milvus Lite searches freshly written rows by brute force
+        (measured: ~400 ms per query right after upserting 3k 1024-d rows,
+        ~100 ms right after a flush, ~7 ms a few seconds later). Bulk writers
+        call this once at the end of an import, not per batch.
+        """
+        with self._call("flush") as c:
+            c.flush(binding.collection)
+
     def _ids_where(self, c: MilvusClient, collection: str, expr: str) -> list[str]:
         rows = c.query(collection, filter=expr, output_fields=[cs.PK], limit=MAX_IMAGES_PER_PRODUCT * 16)
         return [str(r.get(cs.PK) or r.get("id")) for r in rows]

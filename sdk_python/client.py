@@ -139,6 +139,10 @@ class _ClientBase:
         return _Request("PUT", "/v1/catalog/images", body.model_dump(mode="json", exclude_none=True), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
 
     @staticmethod
+    def _flush(collection: str | None) -> _Request:
+        return _Request("POST", "/v1/catalog/flush" + (f"?collection={_quote(collection)}" if collection else ""))
+
+    @staticmethod
     def _delete(path: str, idempotency_key: str | None) -> _Request:
         return _Request("DELETE", path, None, {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
 
@@ -188,6 +192,10 @@ class ShoplensClient(_ClientBase):
     # ---- catalog admin -----------------------------------------------------
     def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
         return UpsertResponse.model_validate(self._send(self._upsert(model_id, images, idempotency_key)))
+
+    def flush(self, collection: str | None = None) -> Any:
+        """Seal recent writes so the index covers them (once, at the end of a bulk import)."""
+        return self._send(self._flush(collection))
 
     def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
         return self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))
@@ -249,6 +257,9 @@ class AsyncShoplensClient(_ClientBase):
 
     async def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
         return UpsertResponse.model_validate(await self._send(self._upsert(model_id, images, idempotency_key)))
+
+    async def flush(self, collection: str | None = None) -> Any:
+        return await self._send(self._flush(collection))
 
     async def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
         return await self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))

@@ -44,6 +44,9 @@ class CatalogSink(Protocol):
 
     def upsert(self, images: list[CatalogImage]) -> None: ...
 
+    def finish(self) -> None:
+        """Called once after the last write (e.g. to seal segments for indexing)."""
+
 
 class ApiSink:
     """Writes through the service's admin API (needs an admin key)."""
@@ -55,6 +58,9 @@ class ApiSink:
     def upsert(self, images: list[CatalogImage]) -> None:
         for i in range(0, len(images), MAX_UPSERT_IMAGES):
             self.client.upsert_images(self.model_id, images[i : i + MAX_UPSERT_IMAGES])
+
+    def finish(self) -> None:
+        self.client.flush()
 
 
 class ImportState:
@@ -250,6 +256,8 @@ def import_catalog(
                     state.mark_done(done)
                 summary.imported += len(images)
                 advance(len(batch))
+        if summary.imported and hasattr(sink, "finish"):
+            sink.finish()
     finally:
         if pool is not None:
             pool.close()

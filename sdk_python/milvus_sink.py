@@ -34,5 +34,8 @@ class MilvusSink:
     def upsert(self, images: list[CatalogImage]) -> None:
         self.store.upsert(self.binding, images)
 
+    def finish(self) -> None:
+        self.store.flush(self.binding)
+
     def close(self) -> None:
         self.store.close()

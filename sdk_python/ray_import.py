@@ -98,6 +98,8 @@ def import_catalog_ray(
                 sink.upsert(images)
                 state.mark_done(done)
                 summary.imported += len(images)
+        if summary.imported and hasattr(sink, "finish"):
+            sink.finish()
     finally:
         summary.seconds = time.perf_counter() - t0
         state.close()
