@@ -1,0 +1,298 @@
+"""``convert_detector``: an ultralytics checkpoint -> a bundle of TFLite/CoreML artifacts with a parity gate.
+
+Order of work: resolve the weights (offline-safe), export each target x
+precision in a private work folder, move the files into the bundle, measure
+parity against the PyTorch fp32 model with the SDK's own preprocessing and
+decoding, write one report per artifact, and record everything a phone needs
+in ``manifest.json``. An artifact whose gate fails stays in the bundle with
+``publishable=false`` so it can be inspected, and the result says so.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shoplens.contract.manifest import (
+    ArtifactFormat,
+    ArtifactManifest,
+    BoxFormat,
+    BundleManifest,
+    DetectorSpec,
+    Precision,
+    SourceSpec,
+    Task,
+    artifact_sha256,
+    artifact_size,
+    load_manifest,
+    save_manifest,
+)
+from shoplens.converters.detector_coreml import COREML_PRECISIONS, check_coreml_spec, coreml_io_specs, export_coreml
+from shoplens.converters.detector_parity import ArtifactResult, EvalSet, ParityRun, Predictor, load_eval_set, thresholds_for, write_report
+from shoplens.converters.detector_runners import coreml_predictor, tflite_predictor, torch_predictor
+from shoplens.converters.detector_tflite import TFLITE_PRECISIONS, ConversionError, Exported, collect_images, export_tflite, tflite_io_specs
+from shoplens.converters.yolo_reference import TorchDetector, load_torch_detector
+from shoplens.resources import find_dataset, grocery_store
+from shoplens.settings import get_settings
+
+log = logging.getLogger("shoplens.converters.detector")
+
+TOOL_PACKAGES = ("ultralytics", "torch", "coremltools", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "numpy", "shoplens")
+
+
+@dataclass
+class DetectorConvertOptions:
+    """Everything ``shoplens convert detector`` accepts; defaults build the standard yolov8n bundle."""
+
+    weights: str | Path = "yolov8n.pt"
+    out: Path = Path("mobile_assets/yolov8n")
+    imgsz: int = 640
+    targets: list[str] = field(default_factory=lambda: ["tflite", "coreml"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    calib: list[Path] = field(default_factory=list)
+    calib_max: int = 64
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    coreml_nms: bool = True
+    eval_labelled: list[Path] = field(default_factory=list)
+    eval_extra: list[Path] = field(default_factory=list)
+    eval_extra_max: int = 8
+    thresholds: dict[str, float] = field(default_factory=dict)  # overrides for every precision
+    name: str | None = None
+
+
+@dataclass
+class ConvertResult:
+    manifest: BundleManifest
+    bundle_dir: Path
+    results: list[ArtifactResult]
+    skipped: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for pkg in TOOL_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def default_eval_dirs() -> tuple[list[Path], list[Path]]:
+    """coco8 (labelled) and Grocery Store val photos (products in scenes), when they are on this machine."""
+    labelled: list[Path] = []
+    scene = find_dataset("scene_photos").path
+    if scene is not None and (scene / "coco8" / "images").is_dir():
+        labelled.append(scene / "coco8" / "images")
+    extra: list[Path] = []
+    grocery = grocery_store().path
+    if grocery is not None and (grocery / "dataset" / "val").is_dir():
+        extra.append(grocery / "dataset" / "val")
+    return labelled, extra
+
+
+def default_calib_dirs() -> list[Path]:
+    """Grocery Store *train* photos: the app's domain, and disjoint from the evaluation photos."""
+    grocery = grocery_store().path
+    if grocery is not None and (grocery / "dataset" / "train").is_dir():
+        return [grocery / "dataset" / "train"]
+    return []
+
+
+def _plan(opts: DetectorConvertOptions) -> tuple[list[tuple[ArtifactFormat, Precision]], list[str]]:
+    plan, skipped = [], []
+    for t in opts.targets:
+        fmt = ArtifactFormat(t.strip().lower())
+        if fmt not in (ArtifactFormat.TFLITE, ArtifactFormat.COREML):
+            raise ConversionError(f"unknown target {t!r} (choose tflite, coreml)")
+        offered = TFLITE_PRECISIONS if fmt is ArtifactFormat.TFLITE else COREML_PRECISIONS
+        for p in opts.precisions:
+            prec = Precision(p.strip().lower())
+            if prec in offered:
+                plan.append((fmt, prec))
+            else:
+                skipped.append(f"{fmt.value}/{prec.value}: not offered (offered: {', '.join(x.value for x in offered)})")
+    # fp16 TFLite is derived from fp32: convert fp32 first (it is then kept only if requested)
+    plan.sort(key=lambda fp: (fp[0].value, fp[1] is Precision.FP16))
+    return plan, skipped
+
+
+def convert_detector(opts: DetectorConvertOptions) -> ConvertResult:
+    """Convert, gate and write the bundle; never raises for a failed gate (see ``ConvertResult.passed``)."""
+    plan, skipped = _plan(opts)
+    if not plan:
+        raise ConversionError("nothing to convert: " + "; ".join(skipped))
+    if any(f is ArtifactFormat.COREML for f, _ in plan) and any(f is ArtifactFormat.TFLITE for f, _ in plan) and not opts.coreml_nms:
+        raise ConversionError(
+            "CoreML without NMS outputs boxes in input pixels while TFLite outputs them normalised 0-1; "
+            "a bundle has one box convention, so convert them into separate bundles (or keep --coreml-nms)"
+        )
+    ref = load_torch_detector(opts.weights)
+    boxes_normalized = any(f is ArtifactFormat.TFLITE for f, _ in plan) or opts.coreml_nms
+    bundle = Path(opts.out)
+    bundle.mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(bundle, opts, ref, boxes_normalized)
+
+    labelled, extra = (opts.eval_labelled, opts.eval_extra) if (opts.eval_labelled or opts.eval_extra) else default_eval_dirs()
+    evalset = load_eval_set(labelled, extra, opts.eval_extra_max)
+    parity = ParityRun(evalset, opts.imgsz, torch_predictor(ref), opts.conf, opts.iou)
+    calib_dirs = opts.calib or default_calib_dirs()
+    needs_calib = any(f is ArtifactFormat.TFLITE and p is Precision.INT8 for f, p in plan)
+    calib_images = collect_images(calib_dirs, opts.calib_max) if needs_calib else []
+    if needs_calib and not calib_images:
+        raise ConversionError("TFLite int8 needs calibration photos: pass --calib DIR (photos like the app will see)")
+
+    work = Path(tempfile.mkdtemp(prefix="detector-", dir=_work_root()))
+    results: list[ArtifactResult] = []
+    try:
+        fp32_tflite: Path | None = None
+        requested = {(f, Precision(p.strip().lower())) for f in (ArtifactFormat(t.strip().lower()) for t in opts.targets) for p in opts.precisions}
+        for fmt, prec in plan:
+            if fmt is ArtifactFormat.TFLITE:
+                if prec is Precision.FP16 and fp32_tflite is None:
+                    fp32_tflite = export_tflite(ref.weights, opts.imgsz, Precision.FP32, work / "tflite").path
+                exported = export_tflite(ref.weights, opts.imgsz, prec, work / "tflite", calib_images, fp32_file=fp32_tflite)
+                if prec is Precision.FP32:
+                    fp32_tflite = exported.path
+            else:
+                exported = export_coreml(ref.weights, opts.imgsz, prec, work / "coreml", nms=opts.coreml_nms, conf=opts.conf, iou=opts.iou)
+            if (fmt, prec) not in requested:
+                continue
+            entry, result = _finish_artifact(exported, bundle, ref, opts, parity, evalset, calib_images)
+            manifest.upsert_artifact(entry)
+            results.append(result)
+            save_manifest(manifest, bundle)  # after each artifact: a crash later keeps the finished ones
+            log.info("%s %s: %s", fmt.value, prec.value, "PASS" if result.passed else "FAIL " + "; ".join(result.failures))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(manifest, bundle, results, skipped)
+
+
+def _work_root() -> Path:
+    root = get_settings().cache_dir / "convert"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetector, boxes_normalized: bool) -> BundleManifest:
+    """Reuse the bundle's manifest when it describes the same weights and decoding; else start fresh."""
+    source = SourceSpec(name=ref.weights.stem, weights=ref.weights.name, weights_sha256=ref.weights_sha256)
+    detector = DetectorSpec(
+        class_names=ref.class_names,
+        box_format=BoxFormat.XYWH_CENTER,
+        boxes_normalized=boxes_normalized,
+        conf_threshold=opts.conf,
+        iou_threshold=opts.iou,
+        max_detections=opts.max_det,
+    )
+    if (bundle / "manifest.json").is_file():
+        try:
+            old = load_manifest(bundle)
+        except Exception:  # noqa: BLE001 - an unreadable old manifest is simply replaced
+            old = None
+        if old is not None and old.source == source and old.detector == detector:
+            old.tools = tool_versions()
+            return old
+    return BundleManifest(name=opts.name or bundle.name, task=Task.DETECTOR, source=source, tools=tool_versions(), detector=detector)
+
+
+def _finish_artifact(
+    exported: Exported,
+    bundle: Path,
+    ref: TorchDetector,
+    opts: DetectorConvertOptions,
+    parity: ParityRun,
+    evalset: EvalSet,
+    calib_images: list[Path],
+) -> tuple[ArtifactManifest, ArtifactResult]:
+    """Move the file into the bundle, run the gate, write its report, build its manifest entry."""
+    suffix = ".tflite" if exported.format is ArtifactFormat.TFLITE else ".mlpackage"
+    nms = exported.format is ArtifactFormat.COREML and opts.coreml_nms
+    stem = f"{ref.weights.stem}_{exported.precision.value}{'_nms' if nms else ''}"
+    dest = bundle / f"{stem}{suffix}"
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    shutil.move(str(exported.path), dest)
+
+    thresholds = thresholds_for(exported.precision, opts.thresholds)
+    context: dict[str, object] = {
+        "weights": ref.weights.name,
+        "imgsz": opts.imgsz,
+        "conversion_seconds": round(exported.seconds, 2),
+        "eval_images": evalset.describe(),
+        "calibration_images": len(calib_images) if exported.precision is Precision.INT8 and exported.format is ArtifactFormat.TFLITE else 0,
+        "default_thresholds": {"conf": opts.conf, "iou": opts.iou},
+    }
+    predictor: Predictor
+    if exported.format is ArtifactFormat.TFLITE:
+        inp, outs = tflite_io_specs(dest)
+        predictor = tflite_predictor(dest, ref.num_classes)
+        method = f"LiteRT interpreter (ai-edge-litert, XNNPACK CPU) vs PyTorch fp32 on {evalset.describe()}; SDK letterbox + numpy decode/NMS"
+        spec_problems: list[str] = []
+    else:
+        chk = check_coreml_spec(dest, imgsz=opts.imgsz, class_names=ref.class_names, precision=exported.precision, nms=nms, conf=opts.conf, iou=opts.iou)
+        context["coreml_spec"] = chk.facts
+        spec_problems = [f"spec: {p}" for p in chk.problems]
+        inp, outs = coreml_io_specs(dest, imgsz=opts.imgsz, nms=nms, num_classes=ref.num_classes)
+        predictor = coreml_predictor(dest, ref.num_classes, nms=nms)
+        method = (
+            f"CoreML spec check + op-by-op numpy evaluation of the ML program (mil_eval, fp16 rounding emulated"
+            f"{', NMS stage emulated by the SDK decoder' if nms else ''}) vs PyTorch fp32 on {evalset.describe()}; "
+            "checks the graph's arithmetic, not the Neural Engine's exact numbers"
+        )
+    context["method"] = method
+    result = parity.judge(dest.name, exported.precision, predictor, thresholds)
+    if spec_problems:
+        result.failures = spec_problems + result.failures
+        result.passed = False
+    report = write_report(result, bundle, stem, context)
+    entry = ArtifactManifest(
+        file=dest.name,
+        format=exported.format,
+        precision=exported.precision,
+        sha256=artifact_sha256(dest),
+        size_bytes=artifact_size(dest),
+        input=inp,
+        outputs=outs,
+        parity=result.summary(report, method),
+        publishable=result.passed,
+        notes=f"{exported.notes}; converted in {exported.seconds:.1f} s",
+    )
+    return entry, result
+
+
+def summarize(result: ConvertResult) -> list[dict[str, object]]:
+    """One row per artifact for the CLI/benchmark tables."""
+    rows = []
+    by_file = {a.file: a for a in result.manifest.artifacts}
+    for r in result.results:
+        a = by_file[r.name]
+        m = r.metrics
+        rows.append(
+            {
+                "file": r.name,
+                "precision": r.precision,
+                "size_mb": round(a.size_bytes / 1e6, 2),
+                "match_rate": round(m["match_rate"], 4),
+                "score_mae": round(m["score_mae"], 4),
+                "map50": round(m["map50"], 4) if np.isfinite(m["map50"]) else None,
+                "map50_ref": round(m["map50_reference"], 4) if np.isfinite(m["map50_reference"]) else None,
+                "passed": r.passed,
+                "failures": "; ".join(r.failures),
+            }
+        )
+    return rows

@@ -1,0 +1,262 @@
+"""YOLO -> TFLite through ultralytics' LiteRT route (litert-torch, no tensorflow).
+
+Precisions:
+
+- ``fp32``: the float graph as litert-torch lowers it.
+- ``int8``: static full-integer (int8 weights *and* activations), calibrated on
+  the user's images through a generated ultralytics data yaml; graph input and
+  output stay float32 (the quantize/dequantize ops live inside the graph).
+- ``w8a32``: dynamic range: int8 weights, float activations, no calibration.
+- ``fp16``: not offered by ultralytics' route, so made here from the fp32 file
+  with ai-edge-quantizer's float-casting weight-only recipe: conv/FC weights
+  stored as float16 and dequantised to float32 at load (the classic TFLite
+  "float16 quantisation": half the size, fp32 arithmetic on CPU; a GPU
+  delegate may run it in fp16).
+
+``w8a16`` (int16 activations) is deliberately not offered: ~2.5 s per image on CPU.
+
+One repair is applied to static int8. ai-edge-quantizer keeps a *moving
+average* (factor 0.95) of each activation's per-image min/max while
+calibrating. For YOLO's class-logit tensor that average sits near the typical
+image's best logit (~0 on product photos), so the int8 range tops out there
+and every confident score is clipped to ~0.5 (measured: all top scores of the
+coco8 photos came out 0.50). Calibration here uses the global min/max over all
+calibration images instead (what TFLite's classic converter does).
+
+The LiteRT export divides the box rows by the input size, so boxes come out
+normalised 0-1; otherwise int8's single per-tensor output scale would have to
+cover both pixel coordinates (0-640) and scores (0-1) and the scores collapse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from shoplens.contract.manifest import (
+    ArtifactFormat,
+    ColorOrder,
+    InputSpec,
+    Layout,
+    OutputRole,
+    OutputSpec,
+    Precision,
+    Quantization,
+    ResizeMode,
+    TensorDType,
+)
+from shoplens.offline import prepare_ultralytics
+
+TFLITE_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.W8A32)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class ConversionError(RuntimeError):
+    """A conversion step failed; the message says which and why."""
+
+
+@dataclass
+class Exported:
+    """One converted file before it is moved into the bundle."""
+
+    path: Path
+    format: ArtifactFormat
+    precision: Precision
+    seconds: float
+    notes: str = ""
+
+
+def collect_images(dirs: list[Path], limit: int) -> list[Path]:
+    """Image files under ``dirs`` (recursive, sorted), evenly subsampled to at most ``limit``."""
+    found: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file() and d.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(d)
+        elif d.is_dir():
+            found.extend(sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            raise FileNotFoundError(f"calibration/evaluation path not found: {d}")
+    if limit > 0 and len(found) > limit:
+        step = len(found) / limit
+        found = [found[int(i * step)] for i in range(limit)]
+    return found
+
+
+def write_calibration_yaml(images: list[Path], work_dir: Path, class_names: list[str]) -> Path:
+    """An ultralytics data yaml whose ``val`` split is a private folder of links to the calibration images.
+
+    The links keep ultralytics' label cache (written beside the images) out of
+    the user's dataset, and no ``download:`` key exists, so nothing is fetched.
+    """
+    if not images:
+        raise ConversionError("static int8 needs calibration images: pass --calib DIR with photos like the app will see")
+    folder = work_dir / "calibration"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        (folder / f"{i:05d}{img.suffix.lower()}").symlink_to(Path(img).resolve())
+    yaml = work_dir / "calibration.yaml"
+    names = "".join(f"  {i}: {_yaml_str(n)}\n" for i, n in enumerate(class_names))
+    yaml.write_text(f"path: {work_dir.resolve()}\ntrain: calibration\nval: calibration\nnames:\n{names}")
+    return yaml
+
+
+def _yaml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Running global min/max of a tensor over calibration images (instead of a moving average)."""
+    import numpy as np
+
+    if not qsv:
+        return new
+    out = dict(new)
+    out["min"] = np.minimum(qsv["min"], new["min"])
+    out["max"] = np.maximum(qsv["max"], new["max"])
+    return out
+
+
+@contextlib.contextmanager
+def _global_minmax_calibration() -> Iterator[None]:
+    """While active, ai-edge-quantizer's calibrator merges per-image statistics with ``_global_min_max``."""
+    from ai_edge_quantizer import algorithm_manager
+
+    original = algorithm_manager.get_update_qsv_func
+    algorithm_manager.get_update_qsv_func = lambda *args, **kwargs: _global_min_max
+    try:
+        yield
+    finally:
+        algorithm_manager.get_update_qsv_func = original
+
+
+def export_tflite(
+    weights: Path,
+    imgsz: int,
+    precision: Precision,
+    work_dir: Path,
+    calib_images: list[Path] | None = None,
+    fp32_file: Path | None = None,
+) -> Exported:
+    """Export one TFLite precision into ``work_dir`` (a private copy of the weights lives there)."""
+    precision = Precision(precision)
+    if precision not in TFLITE_PRECISIONS:
+        raise ConversionError(f"TFLite {precision.value} is not offered (choose from {[p.value for p in TFLITE_PRECISIONS]})")
+    if precision is Precision.FP16:
+        if fp32_file is None:
+            raise ConversionError("TFLite fp16 is derived from the fp32 file; convert fp32 first")
+        return _fp16_from_fp32(fp32_file, work_dir)
+    prepare_ultralytics()
+    from ultralytics import YOLO
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    local = work_dir / weights.name  # ultralytics writes exports beside the weights: keep them out of shared dirs
+    if not local.exists():
+        shutil.copyfile(weights, local)
+    kwargs: dict = {"format": "litert", "imgsz": imgsz, "batch": 1, "verbose": False}
+    if precision is Precision.INT8:
+        yaml = write_calibration_yaml(list(calib_images or []), work_dir, _names(local))
+        kwargs.update(quantize=8, data=str(yaml), fraction=1.0)
+    elif precision is Precision.W8A32:
+        kwargs.update(quantize="w8a32")
+    t0 = time.perf_counter()
+    try:
+        with _global_minmax_calibration():
+            out = YOLO(str(local), task="detect").export(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - surface any exporter failure with context
+        raise ConversionError(f"ultralytics LiteRT export ({precision.value}) failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    path = Path(out)
+    if not path.is_file():
+        raise ConversionError(f"ultralytics reported {out} but no .tflite file is there")
+    notes = {
+        Precision.FP32: "float32 graph (litert-torch)",
+        Precision.INT8: f"static int8 weights+activations, calibrated on {len(calib_images or [])} images; float32 graph I/O",
+        Precision.W8A32: "dynamic range: int8 weights, float32 activations",
+    }[precision]
+    return Exported(path, ArtifactFormat.TFLITE, precision, seconds, notes)
+
+
+def _names(weights: Path) -> list[str]:
+    from ultralytics import YOLO
+
+    names = YOLO(str(weights), task="detect").names
+    return [names[i] for i in range(len(names))]
+
+
+def _fp16_from_fp32(fp32_file: Path, work_dir: Path) -> Exported:
+    """Float16 weight storage via ai-edge-quantizer's FLOAT_CASTING weight-only recipe (fp32 compute)."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    t0 = time.perf_counter()
+    rm = recipe_manager.RecipeManager()
+    for op in (
+        qtyping.TFLOperationName.CONV_2D,
+        qtyping.TFLOperationName.DEPTHWISE_CONV_2D,
+        qtyping.TFLOperationName.FULLY_CONNECTED,
+    ):
+        rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+    out = work_dir / f"{fp32_file.stem}_fp16.tflite"
+    try:
+        qt = quantizer.Quantizer(str(fp32_file))
+        qt.load_quantization_recipe(rm.get_quantization_recipe())
+        qt.quantize().export_model(str(out), overwrite=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ConversionError(f"fp16 weight casting with ai-edge-quantizer failed: {exc}") from exc
+    return Exported(
+        out,
+        ArtifactFormat.TFLITE,
+        Precision.FP16,
+        time.perf_counter() - t0,
+        "float16 weights (ai-edge-quantizer float casting), dequantised at load; float32 activations and I/O",
+    )
+
+
+def tflite_io_specs(path: Path) -> tuple[InputSpec, list[OutputSpec]]:
+    """Read the interpreter's real input/output tensors into manifest specs (not what we expect: what is there)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise ConversionError(f"{path.name}: expected 1 input and 1 output, got {len(ins)} and {len(outs)}")
+    i = ins[0]
+    shape = [int(s) for s in i["shape"]]
+    layout = Layout.NCHW if shape[1] == 3 else Layout.NHWC
+    inp = InputSpec(
+        name=i["name"],
+        shape=shape,
+        layout=layout,
+        dtype=_dtype(i["dtype"]),
+        color_order=ColorOrder.RGB,
+        resize=ResizeMode.LETTERBOX,
+        pad_value=114,
+        scale=1 / 255,
+        quantization=_quant(i),
+    )
+    o = outs[0]
+    out = OutputSpec(
+        name=o["name"],
+        shape=[int(s) for s in o["shape"]],
+        dtype=_dtype(o["dtype"]),
+        role=OutputRole.YOLO_RAW,
+        quantization=_quant(o),
+    )
+    return inp, [out]
+
+
+def _dtype(np_dtype: object) -> TensorDType:
+    import numpy as np
+
+    return TensorDType(np.dtype(np_dtype).name)
+
+
+def _quant(detail: dict) -> Quantization | None:
+    scale, zp = detail.get("quantization", (0.0, 0))
+    return Quantization(scale=float(scale), zero_point=int(zp)) if scale else None
