@@ -9,6 +9,7 @@ with a temporary base dir; if it cannot start, its tests skip with the reason.
 from __future__ import annotations
 
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,15 @@ def milvus_server() -> Iterator[str]:
     except ImportError as exc:  # the dev extra is missing
         _server_error = f"PyPI 'milvus' not installed ({exc})"
         pytest.skip(_server_error)
+    # The embedded etcd's peer port is fixed (2380): a second Milvus 2.3.5 on this machine would
+    # time out after minutes, so say so at once.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 2380))
+        except OSError:
+            _server_error = "port 2380 (embedded etcd peer) is busy: another Milvus server runs on this machine"
+            print(f"\nMilvus server tests skip: {_server_error}")
+            pytest.skip(_server_error)
     base = tempfile.mkdtemp(prefix="shoplens-milvus-server-")
     try:
         default_server.set_base_dir(base)

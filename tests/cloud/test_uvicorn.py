@@ -111,3 +111,33 @@ def test_service_process_imports_no_ml_frameworks():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"imported: {r.stdout.strip()} {r.stderr[-2000:]}"
+
+
+def test_reindex_through_a_running_lite_service(server, catalog, tmp_path):
+    """`shoplens reindex --url`: the way to re-index a Lite file that a service holds."""
+    import json
+
+    import numpy as np
+
+    from shoplens.contract.codecs import encode_vector
+
+    from shoplens.cloud.reindex import reindex_http
+    from cloudkit import MODEL_NEXT
+
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    rot = np.linalg.qr(np.random.default_rng(3).normal(size=(16, 16)))[0]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(
+        json.dumps(dict(img, vector=encode_vector(catalog.vectors[img["image_id"]] @ rot, "f32"))) + "\n"
+        for img in catalog.images
+    ))
+    result = reindex_http(url, ADMIN, MODEL_NEXT, rows, drop_old=True)
+    assert result.rows == len(catalog.images) and result.previous_model_id == MODEL and result.dropped_previous
+    with httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/v1/search", json=query(catalog.centres[1]), headers=DEVICE_H)
+        assert r.status_code == 409 and MODEL_NEXT in r.json()["error"]["message"]
+        r = http.post("/v1/search", json={**query(catalog.centres[1] @ rot), "model_id": MODEL_NEXT}, headers=DEVICE_H)
+        assert r.status_code == 200 and r.json()["hits"][0]["product_id"] == "prod-1"
+        assert [m["model_id"] for m in http.get("/v1/models", headers=DEVICE_H).json()["models"]] == [MODEL_NEXT]
