@@ -19,12 +19,13 @@ _CMD = re.compile(r"(?:^|[\s`(])(?:\.venv/bin/)?shoplens((?:\s+[^\s`|)]+)*)")
 
 def _invocations(text: str) -> list[list[str]]:
     found = []
-    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S) + re.findall(r"`([^`\n]*shoplens [^`\n]*)`", text):
+    fenced = [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M) if lang in ("", "bash", "sh", "console")]
+    for block in fenced + [span for span in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S)) if "shoplens " in span]:
         for line in block.splitlines():
             for m in _CMD.finditer(line):
                 tokens = m.group(1).split()
                 tokens = [t for t in tokens if t not in {"\\"}]
-                cut = next((i for i, t in enumerate(tokens) if t in {"&&", "||", ";", "|", ">", "2>&1"}), len(tokens))
+                cut = next((i for i, t in enumerate(tokens) if t in {"&&", "||", ";", "|", ">", "2>&1"} or t.startswith("#")), len(tokens))
                 if tokens[:cut]:
                     found.append(tokens[:cut])
     return found
