@@ -33,6 +33,14 @@ def print_table(rows: list[dict[str, Any]], title: str = "") -> None:
 
     table = Table(title=title or None)
     cols = list(dict.fromkeys(k for r in rows for k in r))
+    if len(cols) > 8:  # wide rows read better transposed: one column per row
+        table.add_column("metric")
+        for i in range(len(rows)):
+            table.add_column(f"#{i + 1}")
+        for c in cols:
+            table.add_row(c, *(_fmt(r.get(c)) for r in rows))
+        Console().print(table)
+        return
     for c in cols:
         table.add_column(c)
     for r in rows:

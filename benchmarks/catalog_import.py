@@ -1,0 +1,60 @@
+"""Catalog import throughput: images/s with 1 and 2 worker processes, same bundle, same images.
+
+Usage: .venv/bin/python benchmarks/catalog_import.py [--bundle mobile_assets] [--images 400]
+
+Writes go to an in-memory sink, so this measures reading, hashing, detection,
+cropping and embedding: the part that scales with workers (Milvus upserts are
+measured by benchmarks/cloud_search.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from shoplens.contract.manifest import Task, load_manifest  # noqa: E402
+from shoplens.demo import _reference_embedder, catalog_entries, load_grocery  # noqa: E402
+from shoplens.resources import grocery_store  # noqa: E402
+from shoplens.sdk.importer import import_catalog  # noqa: E402
+from shoplens.sdk.runtime import _bundles_under  # noqa: E402
+
+
+class NullSink:
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.n = 0
+
+    def upsert(self, images) -> None:  # type: ignore[no-untyped-def]
+        self.n += len(images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "mobile_assets")
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--workers", default="1,2")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="shoplens-import-bench-"))
+    found = _bundles_under(args.bundle) if args.bundle.is_dir() else {}
+    embedder = found[Task.EMBEDDER][0] if found.get(Task.EMBEDDER) else _reference_embedder(work)
+    detector = found[Task.DETECTOR][0] if found.get(Task.DETECTOR) else None
+    model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
+    entries = catalog_entries(load_grocery(grocery_store().require()))[: args.images]
+    rows = []
+    for w in (int(x) for x in args.workers.split(",")):
+        sink = NullSink(model_id)
+        s = import_catalog(entries, embedder=embedder, detector=detector, sink=sink, state_path=work / f"state-{w}.db", workers=w, batch_size=64, progress=False)
+        rows.append({"workers": w, "images": s.imported, "seconds": s.seconds, "images_per_s": s.images_per_s, "embedder": embedder.name, "detector": detector.name if detector else "none"})
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["speedup"] = r["images_per_s"] / base
+    write_result("catalog_import", rows, notes=["each run starts from an empty resume ledger; worker start-up (interpreter load) is included", "1 worker runs LiteRT with 2 threads, N workers with 1 thread each"], targets=[{"metric": "speedup with 2 workers", "target": ">= 1.7x"}])
+
+
+if __name__ == "__main__":
+    main()
