@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,24 +71,30 @@ class ImportState:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.model_id = model_id
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # the pool's feeder thread checks and records too: one connection, serialised by a lock
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._lock = threading.Lock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS done (hash TEXT, model_id TEXT, image_id TEXT, product_id TEXT, PRIMARY KEY (hash, model_id))")
         self.db.execute("CREATE TABLE IF NOT EXISTS failed (image TEXT, model_id TEXT, reason TEXT, PRIMARY KEY (image, model_id))")
 
     def is_done(self, digest: str) -> bool:
-        return self.db.execute("SELECT 1 FROM done WHERE hash=? AND model_id=?", (digest, self.model_id)).fetchone() is not None
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM done WHERE hash=? AND model_id=?", (digest, self.model_id)).fetchone() is not None
 
     def mark_done(self, rows: list[tuple[str, str, str]]) -> None:
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR REPLACE INTO done VALUES (?,?,?,?)", [(h, self.model_id, iid, pid) for h, iid, pid in rows])
-        self.db.execute("COMMIT")
+        with self._lock:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO done VALUES (?,?,?,?)", [(h, self.model_id, iid, pid) for h, iid, pid in rows])
+            self.db.execute("COMMIT")
 
     def mark_failed(self, image: str, reason: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (image, self.model_id, reason))
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (image, self.model_id, reason))
 
     def done_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM done WHERE model_id=?", (self.model_id,)).fetchone()[0])
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM done WHERE model_id=?", (self.model_id,)).fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
@@ -206,6 +213,29 @@ def _to_image(p: _Pending, vector: np.ndarray) -> CatalogImage:
     )
 
 
+def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[tuple[_Pending, np.ndarray | None, str]]:
+    """Embed pending images in order. With a pool, reading/hashing (the feeder thread) overlaps
+    embedding (the workers), and a semaphore bounds how many images are held in memory."""
+    if pool is None:
+        for p in pending:
+            _, vec, info = _embed((0, p.data))
+            yield p, vec, info
+        return
+    slots = threading.BoundedSemaphore(workers * 16)
+    inflight: dict[int, _Pending] = {}
+
+    def feed() -> Iterator[tuple[int, bytes]]:
+        for i, p in enumerate(pending):
+            slots.acquire()
+            inflight[i] = p
+            yield i, p.data
+
+    for idx, vec, info in pool.imap(_embed, feed(), chunksize=4):
+        p = inflight.pop(idx)
+        slots.release()
+        yield p, vec, info
+
+
 def import_catalog(
     entries: Iterable[CatalogEntry],
     *,
@@ -218,19 +248,24 @@ def import_catalog(
     precision: str | None = None,
     progress: bool = True,
     total: int | None = None,
+    threads: int | None = None,
 ) -> ImportSummary:
-    """Embed and write every new image; see the module docstring for the guarantees."""
+    """Embed and write every new image; see the module docstring for the guarantees.
+
+    ``threads``: LiteRT threads per worker (default: 2 for one worker, 1 each for several).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     summary = ImportSummary()
     state = ImportState(state_path, sink.model_id)
-    threads = 1 if workers > 1 else 2
+    threads = threads or (1 if workers > 1 else 2)
     init_args = (str(embedder), str(detector) if detector else None, precision, threads)
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
     bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
     t0 = time.perf_counter()
+    failed = True
     try:
         with bar:
             task = bar.add_task("index", total=total, rate="")
@@ -239,28 +274,38 @@ def import_catalog(
                 elapsed = time.perf_counter() - t0
                 bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
 
-            for batch in _batched(_pending(entries, state, summary, advance), batch_size):
-                tasks = [(i, p.data) for i, p in enumerate(batch)]
-                results = pool.map(_embed, tasks, chunksize=max(1, len(tasks) // (workers * 2))) if pool else [_embed(t) for t in tasks]
-                images, done = [], []
-                for idx, vec, info in results:
-                    p = batch[idx]
-                    if vec is None:
-                        summary.failed.append((p.entry.image, info))
-                        state.mark_failed(p.entry.image, info)
-                        continue
-                    images.append(_to_image(p, vec))
-                    done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+            images: list[CatalogImage] = []
+            done: list[tuple[str, str, str]] = []
+
+            def write() -> None:
                 if images:
                     sink.upsert(images)  # durable before we record it as done
                     state.mark_done(done)
-                summary.imported += len(images)
-                advance(len(batch))
+                    summary.imported += len(images)
+                    advance(len(images))
+                    images.clear()
+                    done.clear()
+
+            for p, vec, info in _embedded(_pending(entries, state, summary, advance), pool, workers):
+                if vec is None:
+                    summary.failed.append((p.entry.image, info))
+                    state.mark_failed(p.entry.image, info)
+                    advance()
+                    continue
+                images.append(_to_image(p, vec))
+                done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+                if len(images) >= batch_size:
+                    write()
+            write()
         if summary.imported and hasattr(sink, "finish"):
             sink.finish()
+        failed = False
     finally:
         if pool is not None:
-            pool.close()
+            if failed:
+                pool.terminate()  # the feeder may be blocked on a slot: don't wait for it
+            else:
+                pool.close()
             pool.join()
         summary.seconds = time.perf_counter() - t0
         state.close()
