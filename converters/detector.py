@@ -119,7 +119,10 @@ def _plan(opts: DetectorConvertOptions) -> tuple[list[tuple[ArtifactFormat, Prec
             raise ConversionError(f"unknown target {t!r} (choose tflite, coreml)")
         offered = TFLITE_PRECISIONS if fmt is ArtifactFormat.TFLITE else COREML_PRECISIONS
         for p in opts.precisions:
-            prec = Precision(p.strip().lower())
+            only, _, name = p.strip().lower().rpartition(":")  # "coreml:int8" applies to one target only
+            if only and only != fmt.value:
+                continue
+            prec = Precision(name)
             if prec in offered:
                 plan.append((fmt, prec))
             else:
@@ -158,7 +161,7 @@ def convert_detector(opts: DetectorConvertOptions) -> ConvertResult:
     results: list[ArtifactResult] = []
     try:
         fp32_tflite: Path | None = None
-        requested = {(f, Precision(p.strip().lower())) for f in (ArtifactFormat(t.strip().lower()) for t in opts.targets) for p in opts.precisions}
+        requested = set(plan)
         for fmt, prec in plan:
             if fmt is ArtifactFormat.TFLITE:
                 if prec is Precision.FP16 and fp32_tflite is None:

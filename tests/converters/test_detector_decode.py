@@ -159,13 +159,13 @@ def test_decode_matches_ultralytics_predict_exactly_on_the_same_pixels(yolo, coc
     total = 0
     for p in photos:
         rgb = load_rgb(p)
-        lb = LetterBox((640, 640))(image=rgb)
-        geo = letterbox_geometry(rgb.shape[0], rgb.shape[1], 640, 640)
+        lb = LetterBox((320, 320))(image=rgb)
+        geo = letterbox_geometry(rgb.shape[0], rgb.shape[1], 320, 320)
         raw = yolo.raw(to_input_tensor(lb, "NCHW"))
         d = decode_yolo_raw(raw, geo, num_classes=80, boxes_normalized=False, conf_threshold=0.25, iou_threshold=0.45)
-        _assert_same(d, _predict(yolo, rgb, 640), iou_min=0.999, score_tol=1e-4, name=p.name)
+        _assert_same(d, _predict(yolo, rgb, 320), iou_min=0.999, score_tol=1e-4, name=p.name)
         total += len(d)
-    assert total >= 15  # the photos really contain objects: the comparison is not vacuous
+    assert total >= 12  # the photos really contain objects: the comparison is not vacuous
 
 
 def test_sdk_pipeline_matches_ultralytics_predict(yolo, coco8_dir: Path, grocery_dir: Path) -> None:
