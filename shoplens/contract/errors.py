@@ -22,6 +22,7 @@ class ErrorCode(str, Enum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     RATE_LIMITED = "rate_limited"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     INVALID_MANIFEST = "invalid_manifest"
@@ -44,6 +45,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.BACKEND_UNAVAILABLE: 503,
     ErrorCode.INVALID_MANIFEST: 422,

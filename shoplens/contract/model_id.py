@@ -22,7 +22,8 @@ import json
 import re
 from typing import Any
 
-MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,47}-[0-9]+d-[0-9a-f]{12}$"
+MAX_DIM = 32768  # the largest vector dimension Milvus accepts
+MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,47}-[1-9][0-9]{0,4}d-[0-9a-f]{12}$"
 _MODEL_ID_RE = re.compile(MODEL_ID_PATTERN)
 
 
@@ -48,8 +49,8 @@ def compute_model_id(
     """``<name>-<dim>d-<12 hex>``: readable in logs, unique by construction."""
     if not re.fullmatch(r"[0-9a-f]{64}", weights_sha256):
         raise ValueError(f"weights_sha256 must be 64 lowercase hex characters, got {weights_sha256!r}")
-    if dim <= 0:
-        raise ValueError(f"dim must be positive, got {dim}")
+    if not 0 < dim <= MAX_DIM:
+        raise ValueError(f"dim must be 1..{MAX_DIM}, got {dim}")
     payload = canonical_json(
         {
             "weights_sha256": weights_sha256,
@@ -64,7 +65,7 @@ def compute_model_id(
 
 
 def is_valid_model_id(value: str) -> bool:
-    return bool(_MODEL_ID_RE.fullmatch(value))
+    return bool(_MODEL_ID_RE.fullmatch(value)) and model_id_dim(value) <= MAX_DIM
 
 
 def model_id_dim(model_id: str) -> int:

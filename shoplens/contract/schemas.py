@@ -20,6 +20,9 @@ MAX_TOP_K = 100
 MAX_BATCH_VECTORS = 16
 MAX_UPSERT_IMAGES = 1000
 MAX_ATTRIBUTE_FILTERS = 16
+#: image and product ids: 1-128 characters, no control characters (they must survive logs,
+#: URLs and Milvus filter expressions unchanged)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 
 AttributeValue = str | int | float | bool
 
@@ -92,8 +95,8 @@ class BatchSearchResponse(BaseModel):
 class CatalogImage(_Body):
     """One catalog image: the unit of upsert (idempotent by image_id)."""
 
-    image_id: str = Field(min_length=1, max_length=128)
-    product_id: str = Field(min_length=1, max_length=128)
+    image_id: str = Field(pattern=ID_PATTERN, description="unique per image; upserts replace by this id")
+    product_id: str = Field(pattern=ID_PATTERN, description="images of one product share it; results are grouped by it")
     vector: str = Field(description="base64 encoded vector")
     encoding: Encoding = Encoding.F32
     title: str = Field(default="", max_length=512)

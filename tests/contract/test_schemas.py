@@ -23,3 +23,17 @@ def test_search_request_defaults_and_limits() -> None:
         SearchRequest(model_id=MID, vector=v, filters={"colour": "red"})
     with pytest.raises(ValidationError):
         BatchSearchRequest(model_id=MID, vectors=[v] * (MAX_BATCH_VECTORS + 1))
+
+
+def test_ids_without_control_characters_and_model_dims_in_range() -> None:
+    from shoplens.contract import CatalogImage
+    from shoplens.contract.model_id import is_valid_model_id
+
+    ok = CatalogImage(image_id="img 1/ä", product_id="p-1", vector="AAAAAA==")
+    assert ok.image_id == "img 1/ä"
+    for bad in ("a\x05b", "", "x" * 129, "tab\there"):
+        with pytest.raises(ValidationError):
+            CatalogImage(image_id=bad, product_id="p", vector="AAAAAA==")
+    assert not is_valid_model_id("m-0d-0123456789ab") and not is_valid_model_id("m-40000d-0123456789ab")
+    with pytest.raises(ValidationError):
+        SearchRequest(model_id="m-0d-0123456789ab", vector="AAAA")
