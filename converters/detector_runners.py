@@ -77,6 +77,13 @@ class CoreMLPredictor(_RawYolo):
         self.ev = MILEvaluator.from_mlpackage(path)
         if len(self.ev.input_names) != 1:
             raise ValueError(f"{path.name}: expected one image input, got {self.ev.input_names}")
+        self.boxes_name = ""
+        if nms:  # the NMS stage names which program output holds the coordinates
+            spec = self.ev.loaded.spec
+            stages = [m for m in spec.pipeline.models if m.WhichOneof("Type") == "nonMaximumSuppression"]
+            if not stages:
+                raise ValueError(f"{path.name}: no NonMaximumSuppression stage in the pipeline")
+            self.boxes_name = stages[0].nonMaximumSuppression.coordinatesInputFeatureName
 
     def infer(self, nchw01: np.ndarray) -> np.ndarray:
         # the image input is 0-255 RGB (what a CVPixelBuffer holds); the program scales by 1/255 itself
@@ -84,9 +91,8 @@ class CoreMLPredictor(_RawYolo):
         outs = self.ev.run({self.ev.input_names[0]: pixels})
         if not self.nms:
             return np.asarray(next(iter(outs.values())), np.float32)
-        arrays = [np.asarray(v, np.float32) for v in outs.values()]
-        boxes = next(a for a in arrays if a.shape[-1] == 4)
-        scores = next(a for a in arrays if a.shape[-1] == self.num_classes)
+        boxes = np.asarray(outs[self.boxes_name], np.float32)
+        scores = next(np.asarray(v, np.float32) for k, v in outs.items() if k != self.boxes_name)
         return np.concatenate([boxes, scores], axis=1).T[None]  # -> [1, 4 + nc, N], boxes 0-1
 
 
