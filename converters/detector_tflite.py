@@ -210,6 +210,7 @@ def _fp16_from_fp32(fp32_file: Path, work_dir: Path) -> Exported:
         qtyping.TFLOperationName.FULLY_CONNECTED,
     ):
         rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+    work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / f"{fp32_file.stem}_fp16.tflite"
     try:
         qt = quantizer.Quantizer(str(fp32_file))

@@ -1,0 +1,95 @@
+"""TFLite helpers: calibration inputs, fp16 weight casting, the int8 calibration repair, the precision plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoplens.contract.manifest import ArtifactFormat, Precision
+from shoplens.converters.detector_tflite import (
+    ConversionError,
+    _fp16_from_fp32,
+    _global_min_max,
+    _global_minmax_calibration,
+    collect_images,
+    tflite_io_specs,
+    write_calibration_yaml,
+)
+
+
+def test_collect_images_samples_evenly(tmp_path: Path) -> None:
+    for i in range(10):
+        (tmp_path / "a" / f"{i:02d}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "a" / f"{i:02d}.jpg").write_bytes(b"x")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    got = collect_images([tmp_path / "a"], limit=5)
+    assert [p.name for p in got] == ["00.jpg", "02.jpg", "04.jpg", "06.jpg", "08.jpg"]
+    assert len(collect_images([tmp_path / "a"], limit=0)) == 10
+    with pytest.raises(FileNotFoundError):
+        collect_images([tmp_path / "missing"], limit=3)
+
+
+def test_calibration_yaml_links_images_and_never_downloads(tmp_path: Path) -> None:
+    img = tmp_path / "photos" / "p.JPG"
+    img.parent.mkdir()
+    img.write_bytes(b"x")
+    yaml = write_calibration_yaml([img], tmp_path / "work", ['a "quoted" name', "b"])
+    text = yaml.read_text()
+    assert "download" not in text and "val: calibration" in text
+    assert '0: "a \\"quoted\\" name"' in text
+    link = tmp_path / "work" / "calibration" / "00000.jpg"
+    assert link.is_symlink() and link.resolve() == img.resolve()
+    with pytest.raises(ConversionError, match="--calib"):
+        write_calibration_yaml([], tmp_path / "work2", ["a"])
+
+
+def test_global_min_max_replaces_the_moving_average() -> None:
+    """The repair that keeps confident int8 scores from being clipped at 0.5."""
+    from ai_edge_quantizer import algorithm_manager
+
+    merged = _global_min_max({"min": np.array([-1.0]), "max": np.array([0.1])}, {"min": np.array([-3.0]), "max": np.array([2.0])})
+    assert merged["min"][0] == -3.0 and merged["max"][0] == 2.0
+    original = algorithm_manager.get_update_qsv_func
+    with _global_minmax_calibration():
+        assert algorithm_manager.get_update_qsv_func("any", "op") is _global_min_max
+    assert algorithm_manager.get_update_qsv_func is original
+
+
+def test_fp16_weight_casting_halves_a_real_tflite(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(64, 64, 3, padding=1)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    fp32 = tmp_path / "tiny.tflite"
+    litert_torch.convert(net, (x,)).export(str(fp32))
+    out = _fp16_from_fp32(fp32, tmp_path / "work")
+    assert out.precision is Precision.FP16 and out.format is ArtifactFormat.TFLITE
+    assert out.path.stat().st_size < 0.6 * fp32.stat().st_size
+    inp, outs = tflite_io_specs(out.path)
+    assert inp.shape == [1, 3, 32, 32] and inp.dtype.value == "float32" and outs[0].shape == [1, 64, 32, 32]
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    def run(path: Path) -> np.ndarray:
+        it = Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x.numpy())
+        it.invoke()
+        return it.get_tensor(it.get_output_details()[0]["index"])
+
+    ref = net(x).detach().numpy()
+    np.testing.assert_allclose(run(fp32), ref, atol=1e-4)
+    half = run(out.path)
+    assert np.abs(half - ref).max() < 0.02 and not np.array_equal(half, run(fp32))
+
+
+def test_precision_plan_per_target() -> None:
+    from shoplens.converters.detector import DetectorConvertOptions, _plan
+
+    plan, skipped = _plan(DetectorConvertOptions(targets=["tflite", "coreml"], precisions=["tflite:fp16", "w8a32", "coreml:int8"]))
+    assert plan == [(ArtifactFormat.COREML, Precision.INT8), (ArtifactFormat.TFLITE, Precision.W8A32), (ArtifactFormat.TFLITE, Precision.FP16)]
+    assert skipped == ["coreml/w8a32: not offered (offered: fp32, fp16, int8)"]
