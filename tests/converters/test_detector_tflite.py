@@ -93,3 +93,17 @@ def test_precision_plan_per_target() -> None:
     plan, skipped = _plan(DetectorConvertOptions(targets=["tflite", "coreml"], precisions=["tflite:fp16", "w8a32", "coreml:int8"]))
     assert plan == [(ArtifactFormat.COREML, Precision.INT8), (ArtifactFormat.TFLITE, Precision.W8A32), (ArtifactFormat.TFLITE, Precision.FP16)]
     assert skipped == ["coreml/w8a32: not offered (offered: fp32, fp16, int8)"]
+
+
+def test_weights_resolution_offline_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoplens.converters.yolo_reference import resolve_weights
+    from shoplens.resources import ResourceNotFound
+
+    monkeypatch.setenv("SHOPLENS_OFFLINE", "1")
+    with pytest.raises(ResourceNotFound, match="Offline: yolo11x_not_here.pt cannot be downloaded"):
+        resolve_weights("yolo11x_not_here.pt")
+    with pytest.raises(ResourceNotFound):
+        resolve_weights(tmp_path / "missing.pt")
+    local = tmp_path / "mine.pt"
+    local.write_bytes(b"x")
+    assert resolve_weights(local) == local
