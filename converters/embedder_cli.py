@@ -99,7 +99,7 @@ def train_cmd(
     random_init: bool = typer.Option(False, "--random", help="Random trunk (plumbing tests only; never ship)."),
     dim: int = typer.Option(256),
     input_size: int = typer.Option(160),
-    epochs: int = typer.Option(6),
+    epochs: int = typer.Option(3),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(2e-4, help="Learning rate of the trainable trunk units."),
     head_lr: float = typer.Option(2e-3, help="Learning rate of the head and class proxies."),
@@ -169,6 +169,7 @@ def convert_embedder(
     min_cos: float = typer.Option(0.99, help="Gate: minimum mean cosine to the fp32 reference."),
     min_overlap: float = typer.Option(0.95, help="Gate: minimum top-10 overlap."),
     name: Optional[str] = typer.Option(None, help="Bundle name (default: the folder name)."),
+    coreml_parity_images: Optional[int] = typer.Option(None, help="CoreML numeric parity on the first N query images only (the numpy evaluator is slow)."),
 ) -> None:
     """Convert an embedder checkpoint to TFLite / CoreML with a parity gate; exits 1 if any artifact fails it."""
     from shoplens.converters.embedder_convert import ParityData, convert
@@ -177,7 +178,7 @@ def convert_embedder(
     data = ParityData.from_catalog(_catalog_dir(parity_catalog), parity_photos, parity_catalog_photos)
     result = convert(
         checkpoint, out, targets=_csv(targets), precisions=_csv(precision), parity=data, calib=calib, calib_count=calib_count,
-        thresholds={"cos_mean": min_cos, "top10_overlap": min_overlap}, bundle_name=name,
+        thresholds={"cos_mean": min_cos, "top10_overlap": min_overlap}, bundle_name=name, coreml_parity_images=coreml_parity_images,
     )
     table = Table(title=f"{result.manifest.name}: {result.manifest.embedder.model_id if result.manifest.embedder else ''}")
     for col in ("artifact", "MB", "cos mean", "cos min", "top-10", "R@1", "ref R@1", "gate"):

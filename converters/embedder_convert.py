@@ -47,7 +47,7 @@ from shoplens.converters import embedder_coreml, embedder_tflite
 from shoplens.converters.embedder_data import Sample, list_images, load_batch, load_catalog
 from shoplens.converters.embedder_eval import embed_paths
 from shoplens.converters.embedder_model import Embedder, load_checkpoint
-from shoplens.converters.embedder_parity import ParityResult, measure, write_report
+from shoplens.converters.embedder_parity import ParityResult, load_report, measure, write_report
 
 log = logging.getLogger("shoplens.embedder.convert")
 Embed = Callable[[np.ndarray], np.ndarray]
@@ -132,6 +132,7 @@ def convert(
     thresholds: dict[str, float] | None = None,
     bundle_name: str | None = None,
     threads: int = 2,
+    coreml_parity_images: int | None = None,
 ) -> ConvertResult:
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(checkpoint)
@@ -169,10 +170,13 @@ def convert(
     )
     results: list[ParityResult] = []
 
-    def gate(file: str, run: Embed) -> ParityResult:
+    def gate(file: str, run: Embed, limit: int | None = None) -> ParityResult:
+        """``limit``: first N query images only (the numpy ML-program evaluator is slow)."""
         t0 = time.time()
-        art_q = embed_paths(run, parity.queries, size)
-        r = measure(file, ref_q, art_q, q_lab, ref_c, c_lab, retrieval_rows=parity.retrieval_rows, thresholds=thresholds)
+        n = len(parity.queries) if limit is None else min(limit, len(parity.queries))
+        art_q = embed_paths(run, parity.queries[:n], size)
+        rows = parity.retrieval_rows[parity.retrieval_rows < n]
+        r = measure(file, ref_q[:n], art_q, q_lab[:n], ref_c, c_lab, retrieval_rows=rows, thresholds=thresholds)
         result.seconds[f"parity:{file}"] = time.time() - t0
         log.info("%s: %s", file, {k: round(v, 4) for k, v in r.metrics.items()})
         results.append(r)
@@ -226,16 +230,19 @@ def convert(
             if spec["problems"]:
                 raise RuntimeError(f"{file}: CoreML spec check failed: {spec['problems']}")
             runner = embedder_coreml.numeric_runner(out_dir / file)
-            r = gate(file, runner) if runner is not None else None
+            r = gate(file, runner, coreml_parity_images) if runner is not None else None
             if r is None:
                 result.pending.append(file)
             inp = InputSpec(name=spec["input"], shape=[1, 3, size, size], layout=Layout.NCHW, dtype=TensorDType.UINT8, color_order=ColorOrder.RGB, resize=ResizeMode.STRETCH)
             out = OutputSpec(name=spec["output"], shape=[1, dim], dtype=TensorDType.FLOAT16 if p != "fp32" else TensorDType.FLOAT32, role=OutputRole.EMBEDDING)
-            notes = "numeric parity: op-by-op ML program evaluation (mil_eval, fp16 emulated)" if r is not None else "numeric parity pending: no ML program evaluator available"
+            notes = f"numeric parity: op-by-op ML program evaluation (mil_eval, fp16 emulated) on {int(r.metrics['images'])} images" if r is not None else "numeric parity pending: no ML program evaluator available"
             record(file, ArtifactFormat.COREML, Precision(p), inp, out, r, notes)
 
     result.parity = results
     if results:
-        write_report(results, out_dir, method)
+        # rows of artifacts converted earlier from the same checkpoint stay in the report
+        current = {r.artifact for r in results}
+        kept = [r for r in load_report(out_dir) if r.artifact not in current and any(a.file == r.artifact for a in manifest.artifacts)]
+        write_report(kept + results, out_dir, method)
     save_manifest(manifest, out_dir)
     return result

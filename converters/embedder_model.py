@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shoplens.converters.trunks import DEFAULT_TRUNK, get_trunk
@@ -89,7 +88,9 @@ class Embedder(nn.Module):
         return self.pool_map(self.trunk(x))
 
     def embed_features(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(pooled), dim=1, eps=1e-12)
+        # broadcast divide instead of F.normalize: its expand_as becomes a `tile` op in CoreML
+        y = self.head(pooled)
+        return y / torch.sqrt((y * y).sum(dim=1, keepdim=True) + 1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32).permute(0, 3, 1, 2)

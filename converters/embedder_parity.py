@@ -80,6 +80,15 @@ def measure(
     return ParityResult(artifact, m, th, failures)
 
 
+def load_report(out_dir: str | os.PathLike[str], stem: str = "parity") -> list[ParityResult]:
+    """The rows of an existing ``parity.json`` (so converting one more target keeps the others' rows)."""
+    path = Path(out_dir) / f"{stem}.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return [ParityResult(name, row["metrics"], row["thresholds"], row["failures"]) for name, row in data.get("artifacts", {}).items()]
+
+
 def write_report(results: list[ParityResult], out_dir: str | os.PathLike[str], method: str, stem: str = "parity") -> tuple[Path, Path]:
     """``parity.json`` + ``parity.md`` in the bundle (one row per artifact)."""
     out = Path(out_dir)
@@ -95,13 +104,13 @@ def write_report(results: list[ParityResult], out_dir: str | os.PathLike[str], m
         "",
         method,
         "",
-        "| artifact | passed | cos mean | cos p1 | cos min | top-10 overlap | R@1 | R@5 | ref R@1 | ref R@5 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| artifact | passed | images | cos mean | cos p1 | cos min | top-10 overlap | R@1 | R@5 | ref R@1 | ref R@5 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r.metrics
         lines.append(
-            f"| {r.artifact} | {'yes' if r.passed else 'NO: ' + '; '.join(r.failures)} | {m['cos_mean']:.4f} | {m['cos_p1']:.4f} | "
+            f"| {r.artifact} | {'yes' if r.passed else 'NO: ' + '; '.join(r.failures)} | {int(m['images'])} | {m['cos_mean']:.4f} | {m['cos_p1']:.4f} | "
             f"{m['cos_min']:.4f} | {m['top10_overlap']:.3f} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['ref_recall@1']:.3f} | {m['ref_recall@5']:.3f} |"
         )
     mpath = out / f"{stem}.md"

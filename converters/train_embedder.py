@@ -57,7 +57,7 @@ class TrainConfig:
     input_size: int = 160
     dim: int = 256
     pool: str = "avg"
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 2e-4  # trainable trunk units
     head_lr: float = 2e-3  # head + class proxies
