@@ -201,9 +201,18 @@ class CatalogStore:
     # ---- collections and the alias ------------------------------------------------------
 
     def _ensure_loaded(self, c: MilvusClient, name: str) -> None:
+        """Load once per process, then one Strong read: every write acknowledged before this
+        process started (by a previous run, or another instance) is then visible to the
+        Session-consistency reads that follow, which only wait for this process's own writes."""
         if name not in self._loaded:
             c.load_collection(name)
+            self._sync(c, name)
             self._loaded.add(name)
+
+    @staticmethod
+    def _sync(c: MilvusClient, name: str) -> None:
+        """One Strong read: afterwards every acknowledged write is visible to the reads that follow."""
+        c.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
     def _describe(self, c: MilvusClient, name: str) -> dict[str, Any]:
         return dict(c.describe_collection(name))
@@ -347,7 +356,13 @@ class CatalogStore:
     # ---- writes ----------------------------------------------------------------------
 
     def upsert(self, binding: Binding, images: Sequence[CatalogImage]) -> int:
-        """Insert-or-replace by image id. Strong consistency: visible to the next search once this returns."""
+        """Insert-or-replace by image id; visible to this process's next read once this returns.
+
+        Reads use ``read_consistency`` (Session by default): pymilvus sends the
+        timestamp of this client's last write with each read, so Milvus waits
+        exactly until that write is searchable, and no longer. Strong would
+        wait for the next time tick (~200 ms on a 2.3 server) on every search.
+        """
         rows = [cs.image_to_row(img, binding.dim, i) for i, img in enumerate(images)]
         with self._call("upsert") as c:
             result = c.upsert(binding.collection, rows)
@@ -365,7 +380,8 @@ class CatalogStore:
             c.flush(binding.collection)
 
     def _ids_where(self, c: MilvusClient, collection: str, expr: str) -> list[str]:
-        rows = c.query(collection, filter=expr, output_fields=[cs.PK], limit=MAX_IMAGES_PER_PRODUCT * 16)
+        rows = c.query(collection, filter=expr, output_fields=[cs.PK], limit=MAX_IMAGES_PER_PRODUCT * 16,
+                       consistency_level=self.settings.read_consistency)
         return [str(r.get(cs.PK) or r.get("id")) for r in rows]
 
     def delete_image(self, binding: Binding, image_id: str) -> bool:
@@ -374,6 +390,7 @@ class CatalogStore:
             if not self._ids_where(c, binding.collection, eq_expr(cs.PK, image_id)):
                 return False
             c.delete(binding.collection, ids=[image_id])
+            self._sync(c, binding.collection)  # a 2.3 server returns no timestamp for a delete
         return True
 
     def delete_product(self, binding: Binding, product_id: str) -> int:
@@ -382,6 +399,7 @@ class CatalogStore:
             ids = self._ids_where(c, binding.collection, eq_expr("product_id", product_id))
             if ids:
                 c.delete(binding.collection, ids=ids)
+                self._sync(c, binding.collection)  # a 2.3 server returns no timestamp for a delete
         return len(ids)
 
     # ---- reads -----------------------------------------------------------------------
@@ -393,13 +411,15 @@ class CatalogStore:
                 filter=eq_expr("product_id", product_id),
                 output_fields=[cs.PK, *cs.OUTPUT_FIELDS],
                 limit=MAX_IMAGES_PER_PRODUCT,
+                consistency_level=self.settings.read_consistency,
             )
         return sorted((cs.row_to_image_info(r) for r in rows), key=lambda r: r["image_id"])
 
     def count(self, binding: Binding) -> int:
-        """Exact row count (count(*) under Strong consistency; collection stats lag until a flush)."""
+        """Exact row count (count(*); collection stats lag until a flush)."""
         with self._call("count") as c:
-            rows = c.query(binding.collection, filter="", output_fields=["count(*)"])
+            rows = c.query(binding.collection, filter="", output_fields=["count(*)"],
+                           consistency_level=self.settings.read_consistency)
         return int(rows[0]["count(*)"]) if rows else 0
 
     def search(
@@ -435,6 +455,7 @@ class CatalogStore:
                 output_fields=cs.OUTPUT_FIELDS,
                 search_params={"metric_type": binding.metric, "params": params},
                 anns_field=cs.VECTOR,
+                consistency_level=self.settings.read_consistency,
                 **kwargs,
             )
         results: list[list[ProductHit]] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0, description="request body cap (413 above it)")
     lite_warn_rows: int = Field(
         default=100_000, ge=1, description="warn when a Milvus Lite collection holds more rows than this"
+    )
+    read_consistency: Literal["Session", "Strong", "Bounded", "Eventually"] = Field(
+        default="Session",
+        description="consistency of searches/queries: Session sees this process's own writes without "
+        "Strong's wait for the next time tick (~200 ms on a Milvus server)",
     )
     binding_ttl_s: float = Field(default=2.0, ge=0, description="how long the alias->collection binding is cached")
     weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")

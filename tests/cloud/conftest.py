@@ -24,9 +24,27 @@ from cloudkit import ADMIN, DEVICE, Catalog, free_port
 _server_error: str | None = None
 
 
+class MilvusServerHandle:
+    """The session's server. Its port can change on a restart: a port still in TIME_WAIT is
+    skipped by the ``milvus`` package, so read ``uri`` after every restart."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.server.listen_port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
 @pytest.fixture(scope="session")
-def milvus_server() -> Iterator[str]:
-    """URI of a Milvus 2.3.5 standalone started for this session (skips with the reason if it cannot start)."""
+def milvus_server() -> Iterator[MilvusServerHandle]:
+    """A Milvus 2.3.5 standalone started for this session (skips with the reason if it cannot start)."""
     global _server_error
     if _server_error is not None:
         pytest.skip(f"Milvus server unavailable: {_server_error}")
@@ -58,7 +76,7 @@ def milvus_server() -> Iterator[str]:
             pass
         pytest.skip(_server_error)
     try:
-        yield f"http://127.0.0.1:{default_server.listen_port}"
+        yield MilvusServerHandle(default_server)
     finally:
         default_server.stop()
 
@@ -70,7 +88,7 @@ SettingsFactory = Callable[..., Settings]
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, SettingsFactory]]:
     """(name, make_settings): settings for a fresh catalog on Lite (own file) or the server (own alias)."""
     kind = request.param
-    uri = str(tmp_path / "catalog.db") if kind == "lite" else request.getfixturevalue("milvus_server")
+    uri = str(tmp_path / "catalog.db") if kind == "lite" else request.getfixturevalue("milvus_server").uri
     alias = "t_" + re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[-60:]
 
     def make(**overrides: Any) -> Settings:

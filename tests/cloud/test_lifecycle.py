@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from shoplens.contract.codecs import encode_vector
 
-from cloudkit import ADMIN_H, DEVICE_H, MODEL, MODEL_NEXT, Catalog, query
+from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, MODEL_NEXT, Catalog, query
 
 
 def _search_ids(c, v, top_k=5, model_id=MODEL):
@@ -157,3 +158,31 @@ def test_searches_while_writing_from_threads(backend, client_for):
     assert not errors, errors[:5]
     assert all(n >= 5 for n in counts)
     assert c.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(base.images) + len(extra.images)
+
+
+@pytest.mark.milvus_server
+def test_milvus_server_restart_keeps_acknowledged_writes(milvus_server, client_for, catalog):
+    """A 2xx write survives the session's Milvus server being stopped (terminate, SIGKILL after 1 s) and restarted."""
+    from shoplens.settings import Settings
+
+    def settings() -> Settings:
+        return Settings(milvus_uri=milvus_server.uri, collection="t_server_restart", admin_keys=[ADMIN],
+                        device_keys=[DEVICE], index_params={"M": 8, "efConstruction": 32}, milvus_timeout_s=5.0)
+
+    c = client_for(settings())
+    assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    assert c.delete("/v1/catalog/products/prod-3", headers=ADMIN_H).status_code == 200
+    before = [_search_ids(c, catalog.centres[p]) for p in range(3)]
+    milvus_server.stop()
+    try:
+        t0 = time.monotonic()
+        down = c.post("/v1/search", json=query(catalog.centres[0]), headers=DEVICE_H)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "backend_unavailable", down.text
+        assert down.headers["retry-after"] == "5" and time.monotonic() - t0 < 60
+        assert c.get("/v1/ready").status_code == 503
+    finally:
+        c.__exit__(None, None, None)
+        milvus_server.start()  # same base dir; the port may differ (see MilvusServerHandle)
+    again = client_for(settings())
+    assert [_search_ids(again, catalog.centres[p]) for p in range(3)] == before
+    assert again.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images) - 3
