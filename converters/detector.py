@@ -164,11 +164,13 @@ def convert_detector(opts: DetectorConvertOptions) -> ConvertResult:
         requested = set(plan)
         for fmt, prec in plan:
             if fmt is ArtifactFormat.TFLITE:
-                if prec is Precision.FP16 and fp32_tflite is None:
-                    fp32_tflite = export_tflite(ref.weights, opts.imgsz, Precision.FP32, work / "tflite").path
+                if prec is Precision.FP16 and fp32_tflite is None:  # fp16 is derived from an fp32 export
+                    fp32_tflite = export_tflite(ref.weights, opts.imgsz, Precision.FP32, work / "fp32").path
                 exported = export_tflite(ref.weights, opts.imgsz, prec, work / "tflite", calib_images, fp32_file=fp32_tflite)
-                if prec is Precision.FP32:
-                    fp32_tflite = exported.path
+                if prec is Precision.FP32:  # keep a copy: the export itself moves into the bundle below
+                    fp32_tflite = work / "fp32" / f"{ref.weights.stem}.tflite"
+                    fp32_tflite.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(exported.path, fp32_tflite)
             else:
                 exported = export_coreml(ref.weights, opts.imgsz, prec, work / "coreml", nms=opts.coreml_nms, conf=opts.conf, iou=opts.iou)
             if (fmt, prec) not in requested:

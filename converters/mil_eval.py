@@ -14,7 +14,7 @@ and the storage precision the program declares; it does not reproduce the
 Neural Engine's or GPU's exact accumulation order, so expect small
 differences on a device (compare with ``MLModel.predict`` on macOS).
 
-About 35 op types are implemented: enough for YOLO detectors and ResNet-style
+About 45 op types are implemented: enough for YOLO detectors and ResNet-style
 embedders; an unknown op raises ``UnsupportedOp`` naming it, never a silent
 wrong answer.
 """
@@ -289,9 +289,11 @@ _OPS["reduce_l2_norm"] = _reduce(lambda x, axis, keepdims: np.sqrt(np.sum(x * x,
 
 @_op("l2_norm")
 def _l2_norm(op: Any, a: _Args) -> np.ndarray:
+    """MIL semantics: the last three dims are normalised, ``x / sqrt(sum(x^2) + epsilon)``."""
     x, eps = a("x"), float(a("epsilon", 1e-6))
-    axes = tuple(range(-3, 0)) if x.ndim >= 3 else (-1,)
-    return x / np.sqrt(np.maximum(np.sum(x * x, axis=axes, keepdims=True), eps))
+    if x.ndim < 3:
+        raise UnsupportedOp(f"{op.name}: l2_norm needs rank >= 3, got {x.ndim}")
+    return x / np.sqrt(np.sum(x * x, axis=(-3, -2, -1), keepdims=True) + eps)
 
 
 @_op("concat")

@@ -135,3 +135,30 @@ def test_unknown_ops_and_bad_inputs_are_refused(tmp_path: Path, packages: dict[s
         ev.run({ev.input_names[0]: np.zeros((1, 3, 8, 8), np.float32)})
     with pytest.raises(KeyError, match="missing input"):
         ev.run({})
+
+
+def test_embedder_style_ops_match_numpy(tmp_path: Path) -> None:
+    """Ops an embedder head uses (batch_norm, pad, matmul, l2_norm, reductions, clip, squeeze)."""
+    mean, var = RNG.normal(size=4).astype(np.float32), RNG.random(4).astype(np.float32) + 0.5
+    gamma, beta = RNG.normal(size=4).astype(np.float32), RNG.normal(size=4).astype(np.float32)
+    w = RNG.normal(size=(4, 6)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 5, 5))], opset_version=ct.target.iOS16)
+    def prog(x):
+        y = mb.batch_norm(x=x, mean=mean, variance=var, gamma=gamma, beta=beta, epsilon=1e-3)
+        y = mb.relu(x=mb.pad(x=y, pad=[1, 0, 0, 2], mode="constant", constant_val=0.5))
+        n = mb.l2_norm(x=y, epsilon=1e-6)
+        s = mb.reduce_sum(x=n, axes=[2, 3], keep_dims=True)
+        v = mb.squeeze(x=s, axes=[2, 3])  # (1, 4)
+        m = mb.matmul(x=v, y=w)
+        return mb.clip(x=mb.real_div(x=m, y=2.0), alpha=-0.5, beta=0.5)
+
+    ev = MILEvaluator.from_mlpackage(_save(prog, tmp_path / "emb.mlpackage", fp16=False))
+    x = RNG.normal(size=(1, 4, 5, 5)).astype(np.float32)
+    got = next(iter(ev.run({ev.input_names[0]: x}).values()))
+    sh = (1, -1, 1, 1)
+    y = (x - mean.reshape(sh)) / np.sqrt(var.reshape(sh) + 1e-3) * gamma.reshape(sh) + beta.reshape(sh)
+    y = np.maximum(np.pad(y, [(0, 0), (0, 0), (1, 0), (0, 2)], constant_values=0.5), 0)
+    n = y / np.sqrt((y * y).sum() + 1e-6)
+    want = np.clip((n.sum(axis=(2, 3)) @ w) / 2.0, -0.5, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
