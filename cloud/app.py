@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoplens import __version__
@@ -90,7 +90,7 @@ class Stats(BaseModel):
 
 
 class CreateCollection(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
     model_id: str = Field(pattern=MODEL_ID_PATTERN)
     activate: bool = Field(default=False, description="serve it now (alias swap); otherwise build it, then activate")
 

@@ -93,6 +93,16 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return error_response(ErrorCode.VALIDATION_ERROR, f"{where}: {first['msg']}", details=details)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method any route serves on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every failure through :func:`error_response`."""
 
@@ -115,13 +125,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(ErrorCode.NOT_FOUND, f"no route {request.url.path}")
         if exc.status_code == 405:
-            resp = error_response(ErrorCode.VALIDATION_ERROR, f"method {request.method} not allowed on {request.url.path}")
-            resp.status_code = 405
-            if exc.headers and "Allow" in exc.headers:
-                resp.headers["Allow"] = exc.headers["Allow"]
+            resp = error_response(ErrorCode.METHOD_NOT_ALLOWED, f"method {request.method} not allowed on {request.url.path}")
+            allowed = _allowed_methods(request)
+            if allowed:
+                resp.headers["Allow"] = ", ".join(allowed)
             return resp
         if exc.status_code == 413:
             return error_response(ErrorCode.PAYLOAD_TOO_LARGE, str(exc.detail))
+        if exc.status_code == 400:  # e.g. a body that is not UTF-8 JSON: one code, one status (422)
+            return error_response(ErrorCode.VALIDATION_ERROR, f"request body could not be parsed: {exc.detail}")
         resp = error_response(ErrorCode.VALIDATION_ERROR, str(exc.detail))
         resp.status_code = exc.status_code
         return resp

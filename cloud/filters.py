@@ -28,6 +28,11 @@ _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _OTHER_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def has_control(value: str) -> bool:
+    """True when ``value`` holds a character no Milvus string literal can carry here."""
+    return bool(_OTHER_CONTROL.search(value))
+
+
 def quote(value: str) -> str:
     """A double-quoted Milvus string literal.
 

@@ -17,10 +17,11 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from shoplens.contract.codecs import decode_vector
-from shoplens.contract.errors import VectorError
+from shoplens.contract.errors import ErrorCode, VectorError
 from shoplens.contract.schemas import CatalogImage, ProductHit
 
-from shoplens.cloud.filters import NO_PRICE
+from shoplens.cloud.errors import ApiError
+from shoplens.cloud.filters import NO_PRICE, has_control
 
 METRIC = "COSINE"
 PK = "image_id"
@@ -80,7 +81,18 @@ def _epoch_ms(value: datetime | None) -> int:
 
 
 def image_to_row(image: CatalogImage, dim: int, index: int) -> dict[str, Any]:
-    """Decode and check the image's vector (contract codec) and build the Milvus row."""
+    """Decode and check the image's vector (contract codec) and build the Milvus row.
+
+    Ids and the category are looked up by expression later, so they must be
+    expressible: control characters (other than tab/newline/CR) are refused here.
+    """
+    for field in ("image_id", "product_id", "category"):
+        if has_control(getattr(image, field)):
+            raise ApiError(
+                ErrorCode.VALIDATION_ERROR,
+                f"images[{index}].{field} must not contain control characters",
+                details={"index": index, "field": field},
+            )
     try:
         vector = decode_vector(image.vector, image.encoding, dim)
     except VectorError as exc:

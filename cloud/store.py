@@ -28,7 +28,7 @@ from shoplens.settings import Settings
 
 from shoplens.cloud import schema as cs
 from shoplens.cloud.errors import ApiError, BackendUnavailable
-from shoplens.cloud.filters import eq_expr, literal
+from shoplens.cloud.filters import eq_expr, has_control, literal
 
 log = logging.getLogger("shoplens.cloud.store")
 
@@ -386,6 +386,8 @@ class CatalogStore:
 
     def delete_image(self, binding: Binding, image_id: str) -> bool:
         """Delete one image; False when it did not exist (the service answers 404)."""
+        if has_control(image_id):  # upsert refuses such ids, so it cannot exist
+            return False
         with self._call("delete") as c:
             if not self._ids_where(c, binding.collection, eq_expr(cs.PK, image_id)):
                 return False
@@ -395,6 +397,8 @@ class CatalogStore:
 
     def delete_product(self, binding: Binding, product_id: str) -> int:
         """Delete every image of a product; returns how many there were."""
+        if has_control(product_id):
+            return 0
         with self._call("delete") as c:
             ids = self._ids_where(c, binding.collection, eq_expr("product_id", product_id))
             if ids:
@@ -405,6 +409,8 @@ class CatalogStore:
     # ---- reads -----------------------------------------------------------------------
 
     def product_images(self, binding: Binding, product_id: str) -> list[dict[str, Any]]:
+        if has_control(product_id):
+            return []
         with self._call("query") as c:
             rows = c.query(
                 binding.collection,

@@ -98,7 +98,7 @@ def test_body_cap_by_content_length_and_by_streamed_size(lite_settings, client_f
 def test_framework_errors_use_the_one_shape(served):
     assert_error(served.get("/v1/nope"), 404, "not_found")
     r = served.delete("/v1/search", headers=DEVICE_H)
-    assert r.status_code == 405 and r.json()["error"]["code"] == "validation_error"
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert "POST" in r.headers["allow"]
     err = assert_error(served.post("/v1/search", content=b"{not json", headers={**DEVICE_H, "content-type": "application/json"}),
                        422, "validation_error")
@@ -181,3 +181,20 @@ def test_lite_growth_warning_in_stats_and_log(lite_settings, client_for, catalog
     assert len(warnings) == 1 and "SHOPLENS_MILVUS_URI=http://" in warnings[0]
     assert any("SHOPLENS_MILVUS_URI=http://" in r.getMessage() for r in caplog.records)
     assert "shoplens_catalog_rows 36.0" in c.get("/metrics").text
+
+
+def test_405_allow_lists_every_method_of_the_path_and_control_chars_in_ids(served, catalog):
+    r = served.request("OPTIONS", "/v1/catalog/products/prod-0", headers=DEVICE_H)
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    assert_error(served.get("/v1/catalog/products/a%01b", headers=DEVICE_H), 404, "not_found")
+    assert_error(served.delete("/v1/catalog/images/a%01b", headers=ADMIN_H), 404, "not_found")
+    bad = dict(catalog.images[0], image_id="a\x01b")
+    err = assert_error(served.put("/v1/catalog/images", json={"model_id": MODEL, "images": [bad]}, headers=ADMIN_H),
+                       422, "validation_error")
+    assert "image_id" in err["message"]
+    # a body that is not UTF-8 JSON is a 422 like every other malformed body, not a bare 400
+    r = served.post("/v1/search", content=b"\xff\xfe{", headers={**DEVICE_H, "content-type": "application/json"})
+    assert_error(r, 422, "validation_error")
+    # strict admin bodies: 0 is not a boolean
+    assert_error(served.post("/v1/catalog/collections", json={"model_id": MODEL, "activate": 0}, headers=ADMIN_H),
+                 422, "validation_error")
