@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
                     "size_mb": round(a.size_bytes / 1e6, 2),
                     "convert_s": report["context"]["conversion_seconds"],
                     "match_rate": round(m["match_rate"], 4),
+                    "match_rate_conf50": round(m["match_rate_confident"], 4),
                     "score_mae": round(m["score_mae"], 4),
                     "map50": round(m["map50"], 4),
                     "map50_fp32_torch": round(m["map50_reference"], 4),

@@ -293,6 +293,7 @@ def summarize(result: ConvertResult) -> list[dict[str, object]]:
                 "precision": r.precision,
                 "size_mb": round(a.size_bytes / 1e6, 2),
                 "match_rate": round(m["match_rate"], 4),
+                "match_rate_confident": round(m.get("match_rate_confident", float("nan")), 4),
                 "score_mae": round(m["score_mae"], 4),
                 "map50": round(m["map50"], 4) if np.isfinite(m["map50"]) else None,
                 "map50_ref": round(m["map50_reference"], 4) if np.isfinite(m["map50_reference"]) else None,

@@ -92,12 +92,12 @@ def detector_command(
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
     table = Table(title=f"detector bundle {result.bundle_dir}")
-    for col in ("file", "precision", "MB", "match", "score MAE", "mAP50", "mAP50 ref", "gate"):
+    for col in ("file", "precision", "MB", "match", "match >=0.5", "score MAE", "mAP50", "mAP50 ref", "gate"):
         table.add_column(col)
     for row in summarize(result):
         gate_txt = "[green]pass[/]" if row["passed"] else f"[bold red]FAIL[/] {row['failures']}"
         table.add_row(str(row["file"]), str(row["precision"]), f"{row['size_mb']:.2f}", f"{row['match_rate']:.3f}",
-                      f"{row['score_mae']:.4f}", str(row["map50"]), str(row["map50_ref"]), gate_txt)
+                      f"{row['match_rate_confident']:.3f}", f"{row['score_mae']:.4f}", str(row["map50"]), str(row["map50_ref"]), gate_txt)
     console.print(table)
     for s in result.skipped:
         console.print(f"[yellow]skipped[/] {s}")

@@ -28,11 +28,15 @@ class Agreement:
     matched: int = 0
     score_errors: list[float] = field(default_factory=list)
     ious: list[float] = field(default_factory=list)
+    confident_total: int = 0
+    confident_matched: int = 0
+    confident_score: float = 0.5  # "the model is sure": misses there matter more than near-threshold ones
 
     def add(self, ref: Detections, cand: Detections) -> None:
         """Greedy one-to-one matching: highest reference score first, best-IoU same-class candidate."""
         self.ref_total += len(ref)
         self.cand_total += len(cand)
+        self.confident_total += int((ref.scores >= self.confident_score).sum())
         if not len(ref) or not len(cand):
             return
         iou = box_iou(ref.boxes, cand.boxes)
@@ -44,14 +48,17 @@ class Agreement:
             if row[j] >= self.iou_threshold:
                 used[j] = True
                 self.matched += 1
+                self.confident_matched += int(ref.scores[i] >= self.confident_score)
                 self.score_errors.append(abs(float(ref.scores[i]) - float(cand.scores[j])))
                 self.ious.append(float(row[j]))
 
     def metrics(self) -> dict[str, float]:
-        """match_rate (recall of the reference), precision vs reference, score errors, mean matched IoU."""
+        """match_rate (recall of the reference; ``_confident``: of its detections scored >= 0.5),
+        precision vs reference, score errors, mean matched IoU."""
         err = np.asarray(self.score_errors) if self.score_errors else np.zeros(1)
         return {
             "match_rate": self.matched / self.ref_total if self.ref_total else 1.0,
+            "match_rate_confident": self.confident_matched / self.confident_total if self.confident_total else 1.0,
             "precision_vs_ref": self.matched / self.cand_total if self.cand_total else 1.0,
             "score_mae": float(err.mean()),
             "score_max_err": float(err.max()),

@@ -225,7 +225,7 @@ def write_report(result: ArtifactResult, bundle_dir: Path, stem: str, context: d
         "|---|---|---|",
     ]
     bounds = {k.rsplit("_", 1)[0]: (k.rsplit("_", 1)[1], v) for k, v in result.thresholds.items()}
-    for key in ("match_rate", "precision_vs_ref", "score_mae", "score_max_err", "mean_iou", "map50", "map50_reference", "map50_drop"):
+    for key in ("match_rate", "match_rate_confident", "precision_vs_ref", "score_mae", "score_max_err", "mean_iou", "map50", "map50_reference", "map50_drop"):
         if key in m:
             b = bounds.get(key)
             lines.append(f"| {key} | {m[key]:.4f} | {('>= ' if b[0] == 'min' else '<= ') + str(b[1]) if b else ''} |")

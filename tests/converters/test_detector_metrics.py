@@ -79,3 +79,11 @@ def test_thresholds_and_overrides() -> None:
     assert fails == ["match_rate 0.4000 < 0.5", "map50_drop was not measured"]
     assert source_name(Path("/x/coco8/images")) == "coco8"
     assert source_name(Path("/x/grocery_store/dataset/val")) == "grocery_store"
+
+
+def test_confident_match_rate_separates_near_threshold_misses() -> None:
+    ref = _det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.26], [1, 1])
+    a = Agreement()
+    a.add(ref, _det([[0, 0, 10, 10]], [0.88], [1]))  # only the near-threshold box is missing
+    m = a.metrics()
+    assert m["match_rate"] == pytest.approx(0.5) and m["match_rate_confident"] == pytest.approx(1.0)
