@@ -191,29 +191,34 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         row["index"] = (f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
                         if args.backend == "server" else "AUTOINDEX (Lite keeps no params)")
 
-        # ---- bare pymilvus ----
+        # ---- bare pymilvus and HTTP (shoplens serve on loopback) ----
         def bare(i: int, v: np.ndarray) -> list[int]:
             hits, _ = store.search(binding, v[None, :], top_k=10)
             return [int(h.image_id) for h in hits[0]]
 
-        for v in q[:20]:
-            bare(0, v)
-        lat, found = [], []
-        for v in q:
-            t = time.perf_counter()
-            found.append(bare(0, v))
-            lat.append(time.perf_counter() - t)
-        row.update({f"bare_{k}": v for k, v in pct(lat).items()})
-        row["bare_recall@10"] = recall(found, truth)
-        row["bare_qps_8"] = concurrent_qps(bare, q, args.clients, args.qps_seconds)
-        if server_pid:
-            row["milvus_rss_mb"] = rss_mb(server_pid)
-        else:
-            row["bench_process_rss_mb_with_lite"] = rss_mb(os.getpid(), children=False)
-        row["disk_mb"] = dir_size(work / ("milvus" if server else "lite")) / 2**20 if not args.uri else None
-        store.close()  # a Lite file is locked to one process: hand it to the service
+        def measure(fn: Any, items: Any) -> tuple[list[float], list[list[int]]]:
+            lat, found = [], []
+            for it in items:
+                t = time.perf_counter()
+                found.append(fn(0, it))
+                lat.append(time.perf_counter() - t)
+            return lat, found
 
-        # ---- through HTTP: shoplens serve on loopback ----
+        bodies = {enc: [json.dumps({"model_id": MODEL, "encoding": enc.value, "top_k": 10,
+                                    "vector": encode_vector(v, enc)}) for v in q] for enc in Encoding}
+        row.update({f"request_bytes_{enc.value}": len(bodies[enc][0]) for enc in Encoding})
+        qbodies = np.array(bodies[Encoding.I8], dtype=object)
+        for v in q[:200]:  # warm up; on a server also lets post-flush compaction settle
+            bare(0, v)
+        lite = args.backend == "lite"
+        if lite:  # the Lite file is locked to one process: measure bare first, then hand it over
+            lat, found = measure(bare, q)
+            row.update({f"bare_{k}": v for k, v in pct(lat).items()})
+            row["bare_recall@10"] = recall(found, truth)
+            row["bare_qps_8"] = concurrent_qps(bare, q, args.clients, args.qps_seconds)
+            row["bench_process_rss_mb_with_lite"] = rss_mb(os.getpid(), children=False)
+            row["disk_mb"] = dir_size(work / "lite") / 2**20
+            store.close()
         port = free_port()
         env = dict(os.environ, SHOPLENS_MILVUS_URI=uri, SHOPLENS_COLLECTION="bench",
                    SHOPLENS_ADMIN_KEYS=json.dumps([ADMIN]), SHOPLENS_DEVICE_KEYS=json.dumps([DEVICE]),
@@ -234,9 +239,6 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("serve did not start: " + (work / "serve.log").read_text()[-2000:])
                 time.sleep(0.3)
-            bodies = {enc: [json.dumps({"model_id": MODEL, "encoding": enc.value, "top_k": 10,
-                                        "vector": encode_vector(v, enc)}) for v in q] for enc in Encoding}
-            row.update({f"request_bytes_{enc.value}": len(bodies[enc][0]) for enc in Encoding})
             clients = [httpx.Client(base_url=base, headers={"X-API-Key": DEVICE, "content-type": "application/json"},
                                     timeout=60) for _ in range(args.clients)]
 
@@ -245,17 +247,37 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 r.raise_for_status()
                 return [int(h["image_id"]) for h in r.json()["hits"]]
 
-            for b in bodies[Encoding.I8][:20]:
+            for b in qbodies[:100]:
                 http_search(0, b)
-            lat, found = [], []
-            for b in bodies[Encoding.I8]:
-                t = time.perf_counter()
-                found.append(http_search(0, b))
-                lat.append(time.perf_counter() - t)
-            row.update({f"http_{k}": v for k, v in pct(lat).items()})
-            row["http_recall@10_i8"] = recall(found, truth)
-            qbodies = np.array(bodies[Encoding.I8], dtype=object)
-            row["http_qps_8"] = concurrent_qps(http_search, qbodies, args.clients, args.qps_seconds)
+            if lite:
+                lat, found = measure(http_search, qbodies)
+                row.update({f"http_{k}": v for k, v in pct(lat).items()})
+                row["http_recall@10_i8"] = recall(found, truth)
+                row["http_qps_8"] = concurrent_qps(http_search, qbodies, args.clients, args.qps_seconds)
+            else:
+                # A shared machine drifts: interleave bare and HTTP query by query so both see the
+                # same load, and take bare QPS before and after the HTTP run.
+                lat_b, found_b, lat_h, found_h = [], [], [], []
+                for v, b in zip(q, qbodies):
+                    t = time.perf_counter()
+                    found_b.append(bare(0, v))
+                    lat_b.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    found_h.append(http_search(0, b))
+                    lat_h.append(time.perf_counter() - t)
+                row.update({f"bare_{k}": v for k, v in pct(lat_b).items()})
+                row["bare_recall@10"] = recall(found_b, truth)
+                row.update({f"http_{k}": v for k, v in pct(lat_h).items()})
+                row["http_recall@10_i8"] = recall(found_h, truth)
+                qps_before = concurrent_qps(bare, q, args.clients, args.qps_seconds)
+                row["http_qps_8"] = concurrent_qps(http_search, qbodies, args.clients, args.qps_seconds)
+                qps_after = concurrent_qps(bare, q, args.clients, args.qps_seconds)
+                row["bare_qps_8"] = (qps_before + qps_after) / 2
+                row["bare_qps_8_before_after"] = [qps_before, qps_after]
+                if server_pid:
+                    row["milvus_rss_mb"] = rss_mb(server_pid)
+                row["disk_mb"] = dir_size(work / "milvus") / 2**20 if server is not None else None
+                store.close()
             row["service_rss_mb"] = rss_mb(proc.pid)
             for c in clients:
                 c.close()
