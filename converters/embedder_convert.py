@@ -192,9 +192,19 @@ def convert(
                              input=inp, outputs=[out], parity=summary, publishable=bool(r is not None and r.passed), notes=notes)
         )
 
-    if "tflite" in targets:
-        tfl_precisions = [p for p in precisions if p in embedder_tflite.TFLITE_PRECISIONS]
+    def for_target(target: str) -> list[str]:
+        """``int8`` applies to every target, ``coreml:int8`` only to CoreML."""
+        out = []
         for p in precisions:
+            t, _, prec = p.rpartition(":")
+            if not t or t == target:
+                out.append(prec)
+        return out
+
+    if "tflite" in targets:
+        tfl_all = for_target("tflite")
+        tfl_precisions = [p for p in tfl_all if p in embedder_tflite.TFLITE_PRECISIONS]
+        for p in tfl_all:
             if p not in embedder_tflite.TFLITE_PRECISIONS:
                 log.warning("TFLite: precision %s not produced (TFLite precisions: %s)", p, ", ".join(embedder_tflite.TFLITE_PRECISIONS))
         with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +228,7 @@ def convert(
                 record(file, ArtifactFormat.TFLITE, Precision(p), inp, out, r, notes)
 
     if "coreml" in targets:
-        for p in precisions:
+        for p in for_target("coreml"):
             if p not in embedder_coreml.COREML_PRECISIONS:
                 log.warning("CoreML: precision %s not produced (CoreML precisions: %s)", p, ", ".join(embedder_coreml.COREML_PRECISIONS))
                 continue

@@ -318,8 +318,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             state_path,
         )
 
-    if cfg.evaluate:
-        result.metrics = run_eval()
+    if cfg.evaluate:  # the last epoch's evaluation is the final one; evaluate only if no epoch ran it
+        last = result.history[-1] if result.history else {}
+        result.metrics = {k: v for k, v in last.items() if k not in ("epoch", "loss")} if "queries" in last else run_eval()
     result.seconds = time.time() - t0
     model.config.meta.update({
         "train": cfg.to_json(),
