@@ -45,6 +45,7 @@ def search(
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Products per object."),
     encoding: str = typer.Option("i8", "--encoding", help="Vector wire encoding: f32, f16 or i8."),
     max_objects: int = typer.Option(3, "--max-objects", min=1, max=16, help="Objects to search per photo."),
+    min_box: float = typer.Option(0.01, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the photo."),
     annotated: Optional[Path] = typer.Option(None, "--annotated", help="Write the photo with numbered boxes here (JPEG/PNG)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page with the results and thumbnails."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -66,7 +67,7 @@ def search(
         None if (embedder and (detector or box)) else (bundle or default_bundle_dir()),
         embedder=embedder,
         detector=detector,
-        options=FlowOptions(max_objects=max_objects, encoding=Encoding(encoding)),
+        options=FlowOptions(max_objects=max_objects, min_box_fraction=min_box, encoding=Encoding(encoding)),
     )
     rgb = load_rgb(photo)
     with ShoplensClient(server, api_key) as client:
@@ -101,6 +102,7 @@ def index(
     embedder: Optional[Path] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's)."),
     detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
     no_detector: bool = typer.Option(False, "--no-detector", help="Embed whole images (catalog photos already framed on the product)."),
+    min_box: float = typer.Option(0.01, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the image (then the whole image is embedded). Use the app's value."),
     server: Optional[str] = typer.Option(None, "--server", help="Write through this service's admin API (else straight to Milvus at SHOPLENS_MILVUS_URI)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_ADMIN_KEY", help="Admin key for --server."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes."),
@@ -137,7 +139,7 @@ def index(
 
             summary = import_catalog_ray(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size)
         elif engine == "local":
-            summary = import_catalog(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size, progress=progress, total=len(entries))
+            summary = import_catalog(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size, progress=progress, total=len(entries), min_box_fraction=min_box)
         else:
             raise typer.BadParameter("choose local or ray", param_hint="--engine")
     finally:

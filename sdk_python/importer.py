@@ -119,11 +119,12 @@ class ImportSummary:
 _RUNTIME: Any = None
 
 
-def _init_worker(embedder: str, detector: str | None, precision: str | None, threads: int) -> None:
+def _init_worker(embedder: str, detector: str | None, precision: str | None, threads: int, min_box_fraction: float = 0.01) -> None:
     global _RUNTIME
     from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
 
-    _RUNTIME = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, precision=precision, num_threads=threads, options=FlowOptions(max_objects=1))
+    options = FlowOptions(max_objects=1, min_box_fraction=min_box_fraction)
+    _RUNTIME = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, precision=precision, num_threads=threads, options=options)
 
 
 def _embed(task: tuple[int, bytes]) -> tuple[int, np.ndarray | None, str]:
@@ -249,17 +250,20 @@ def import_catalog(
     progress: bool = True,
     total: int | None = None,
     threads: int | None = None,
+    min_box_fraction: float = 0.01,
 ) -> ImportSummary:
     """Embed and write every new image; see the module docstring for the guarantees.
 
     ``threads``: LiteRT threads per worker (default: 2 for one worker, 1 each for several).
+    ``min_box_fraction``: a detection smaller than this share of the image is not the main
+    object; the whole image is embedded instead (as the phone does with the same setting).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     summary = ImportSummary()
     state = ImportState(state_path, sink.model_id)
     threads = threads or (1 if workers > 1 else 2)
-    init_args = (str(embedder), str(detector) if detector else None, precision, threads)
+    init_args = (str(embedder), str(detector) if detector else None, precision, threads, min_box_fraction)
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
     if pool is None:
         _init_worker(*init_args)

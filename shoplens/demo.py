@@ -139,6 +139,7 @@ class DemoSummary:
     model_id: str = ""
     detector: str = ""
     report: str = ""
+    detector_crops: int = 0  # queries whose embedded region came from a detection
 
 
 def _latency(outcomes: list[QueryOutcome]) -> dict[str, dict[str, float]]:
@@ -192,6 +193,8 @@ def run_demo(
     max_queries: int | None = None,
     products: int | None = None,
     workers: int = 2,
+    min_box: float = 0.3,
+    catalog_detect: bool = False,
     report_cards: int = 40,
     fresh: bool = False,
     progress: bool = True,
@@ -213,7 +216,7 @@ def run_demo(
     detector = _only(found, Task.DETECTOR, bundle_dir) if found.get(Task.DETECTOR) else None
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    tag = f"-{products}p" if products else ""
+    tag = (f"-{products}p" if products else "") + (f"-det{min_box:g}" if catalog_detect and detector else "")
     db = workdir / f"catalog{tag}.db"
     state = workdir / f"import-{model_id}{tag}.db"
     if fresh or not db.exists():
@@ -230,7 +233,7 @@ def run_demo(
         console.print(f"[bold]service[/]: {svc.url} (Milvus Lite at {db})")
         with ShoplensClient(svc.url, admin) as admin_client:
             t0 = time.perf_counter()
-            summary = import_catalog(entries, embedder=embedder, detector=detector, sink=ApiSink(admin_client, model_id), state_path=state, workers=workers, batch_size=64, progress=progress, total=len(entries))
+            summary = import_catalog(entries, embedder=embedder, detector=detector if catalog_detect else None, sink=ApiSink(admin_client, model_id), state_path=state, workers=workers, batch_size=64, progress=progress, total=len(entries), min_box_fraction=min_box)
             index_s = time.perf_counter() - t0
             rows = admin_client.stats()["rows"]
         if summary.failed:
@@ -238,7 +241,7 @@ def run_demo(
         with ShoplensClient(svc.url, device) as probe:
             settle_s = _wait_until_indexed(probe, model_id, load_manifest(embedder).embedder.dim)  # type: ignore[union-attr]
         console.print(f"indexed {summary.imported} new images ({summary.already_done} already indexed) in {index_s:.1f} s; the index holds {rows}; search settled after {settle_s:.1f} s")
-        rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, options=FlowOptions(max_objects=1))
+        rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, options=FlowOptions(max_objects=1, min_box_fraction=min_box))
         outcomes: list[QueryOutcome] = []
         t0 = time.perf_counter()
         with ShoplensClient(svc.url, device) as client, Progress(disable=not progress) as bar:
@@ -266,6 +269,7 @@ def run_demo(
         model_id=model_id,
         detector=detector.name if detector else "",
         report=str(report_path),
+        detector_crops=sum(o.source == "detector" for o in outcomes),
     )
     _write_report(report_path, demo, outcomes[:report_cards], annotate, load_rgb, ReportCard, render_html)
     (workdir / "last_summary.json").write_text(json.dumps(demo.__dict__, indent=2, default=str))
@@ -295,6 +299,8 @@ def demo(
     products: Optional[int] = typer.Option(None, "--products", min=2, max=81, help="Use only the first N of the 81 products (catalog and queries), for a quick look."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Processes for the catalog import."),
     report: Path = typer.Option(Path("demo_report.html"), "--report", help="Where to write the HTML report."),
+    min_box: float = typer.Option(0.3, "--min-box", min=0.0, max=1.0, help="A detection is the product only if it covers this share of the photo; else the whole photo is embedded."),
+    catalog_detect: bool = typer.Option(False, "--catalog-detect/--no-catalog-detect", help="Also crop catalog images to their main detection (slower; the catalog photos are already framed on the product)."),
     fresh: bool = typer.Option(False, "--fresh", help="Rebuild the demo index from scratch instead of reusing the cached one."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -310,12 +316,13 @@ def demo(
     require_extra("device")
     require_extra("cloud")
     t0 = time.perf_counter()
-    s = run_demo(bundle_dir=bundle or default_bundle_dir(), workdir=get_settings().cache_dir / "demo", report_path=report.resolve(), max_queries=queries, products=products, workers=workers, fresh=fresh, progress=progress)
+    s = run_demo(bundle_dir=bundle or default_bundle_dir(), workdir=get_settings().cache_dir / "demo", report_path=report.resolve(), max_queries=queries, products=products, workers=workers, min_box=min_box, catalog_detect=catalog_detect, fresh=fresh, progress=progress)
     table = Table(title="shoplens demo")
     table.add_column("metric")
     table.add_column("value")
     table.add_row("queries (val photos)", str(s.queries))
     table.add_row("catalog", f"{s.catalog_images} images of {s.products} products")
+    table.add_row("embedded region", f"detected box in {s.detector_crops}, whole photo in {s.queries - s.detector_crops}" if s.detector else "whole photo (no detector bundle)")
     table.add_row("recall@1 (product)", f"{s.recall_at_1:.3f}")
     table.add_row("recall@5 (product)", f"{s.recall_at_5:.3f}")
     for stage, v in s.latency_ms.items():
