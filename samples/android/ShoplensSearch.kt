@@ -1,0 +1,116 @@
+// shoplens on Android: detect (LiteRT YOLO) -> crop -> embed (LiteRT) -> i8 -> POST /v1/search/batch.
+//
+// Put mobile_assets/yolov8n/yolov8n_int8.tflite and
+// mobile_assets/resnet50v2-s3-256/embedder_w8a32.tflite in src/main/assets. Every constant marked
+// `// manifest:` is checked against the bundle manifests by tests/e2e/test_mobile_samples.py.
+
+package dev.shoplens.sample
+
+import android.graphics.Bitmap
+import android.graphics.Color
+import android.util.Base64
+import org.json.JSONArray
+import org.json.JSONObject
+import org.tensorflow.lite.Interpreter
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import kotlin.math.abs
+import kotlin.math.max
+import kotlin.math.min
+import kotlin.math.roundToInt
+import kotlin.math.sqrt
+
+object Shoplens {
+    const val DETECTOR_FILE = "yolov8n_int8.tflite"                       // manifest: yolov8n/yolov8n_int8.tflite file
+    const val DETECTOR_INPUT = "serving_default_args_0"                   // manifest: yolov8n/yolov8n_int8.tflite input.name
+    const val DETECTOR_SIZE = 640                                         // manifest: yolov8n/yolov8n_int8.tflite input.shape[2]
+    const val DETECTOR_PAD = 114                                          // manifest: yolov8n/yolov8n_int8.tflite input.pad_value
+    const val DETECTOR_ROWS = 84                                          // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[1]
+    const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
+    const val CONF_THRESHOLD = 0.25f                                      // manifest: yolov8n detector.conf_threshold
+    const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
+    const val MIN_BOX_FRACTION = 0.3f                                     // the product must fill 30% of the photo, else embed it whole
+
+    const val EMBEDDER_FILE = "embedder_w8a32.tflite"                     // manifest: resnet50v2-s3-256/embedder_w8a32.tflite file
+    const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.name
+    const val EMBEDDER_SIZE = 160                                         // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.shape[1]
+    const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
+    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-9c7649584fb5"       // manifest: resnet50v2-s3-256 embedder.model_id
+    const val CROP_MARGIN = 0.10f
+}
+
+data class Box(val x1: Float, val y1: Float, val x2: Float, val y2: Float, val score: Float, val cls: Int) {
+    val area get() = max(0f, x2 - x1) * max(0f, y2 - y1)
+}
+
+/** Letterbox to 640x640 (grey 114, centred), float32 NCHW scaled 1/255: the manifest's input rule. */
+fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
+    val s = Shoplens.DETECTOR_SIZE
+    val gain = min(s.toFloat() / photo.width, s.toFloat() / photo.height)
+    val w = (photo.width * gain).roundToInt(); val h = (photo.height * gain).roundToInt()
+    val padX = (s - w) / 2; val padY = (s - h) / 2
+    val scaled = Bitmap.createScaledBitmap(photo, w, h, true)
+    val buf = ByteBuffer.allocateDirect(4 * 3 * s * s).order(ByteOrder.nativeOrder())
+    val pixels = IntArray(w * h).also { scaled.getPixels(it, 0, w, 0, 0, w, h) }
+    for (c in 0 until 3) for (y in 0 until s) for (x in 0 until s) {
+        val inside = x in padX until padX + w && y in padY until padY + h
+        val p = if (inside) pixels[(y - padY) * w + (x - padX)] else Color.rgb(Shoplens.DETECTOR_PAD, Shoplens.DETECTOR_PAD, Shoplens.DETECTOR_PAD)
+        val v = when (c) { 0 -> Color.red(p); 1 -> Color.green(p); else -> Color.blue(p) }
+        buf.putFloat(v / 255f)
+    }
+    return buf.rewind() as ByteBuffer to floatArrayOf(gain, padX.toFloat(), padY.toFloat())
+}
+
+/** Decode [1, 84, 8400] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels. */
+fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = 3): List<Box> {
+    val (input, geo) = detectorInput(photo)
+    val out = Array(1) { Array(Shoplens.DETECTOR_ROWS) { FloatArray(Shoplens.DETECTOR_CANDIDATES) } }
+    detector.run(input, out)
+    val s = Shoplens.DETECTOR_SIZE.toFloat(); val (gain, padX, padY) = Triple(geo[0], geo[1], geo[2])
+    val cands = (0 until Shoplens.DETECTOR_CANDIDATES).mapNotNull { i ->
+        var best = 0; var score = 0f
+        for (c in 4 until Shoplens.DETECTOR_ROWS) if (out[0][c][i] > score) { score = out[0][c][i]; best = c - 4 }
+        if (score <= Shoplens.CONF_THRESHOLD) return@mapNotNull null
+        val cx = out[0][0][i] * s; val cy = out[0][1][i] * s; val bw = out[0][2][i] * s; val bh = out[0][3][i] * s
+        Box(((cx - bw / 2 - padX) / gain).coerceIn(0f, photo.width.toFloat()), ((cy - bh / 2 - padY) / gain).coerceIn(0f, photo.height.toFloat()),
+            ((cx + bw / 2 - padX) / gain).coerceIn(0f, photo.width.toFloat()), ((cy + bh / 2 - padY) / gain).coerceIn(0f, photo.height.toFloat()), score, best)
+    }.sortedByDescending { it.score }
+    val kept = mutableListOf<Box>()
+    for (b in cands) if (kept.none { it.cls == b.cls && iou(it, b) > Shoplens.IOU_THRESHOLD }) kept += b
+    val photoArea = photo.width.toFloat() * photo.height
+    return kept.filter { it.area >= Shoplens.MIN_BOX_FRACTION * photoArea }.sortedByDescending { it.score * it.area }.take(maxObjects)
+        .ifEmpty { listOf(Box(0f, 0f, photo.width.toFloat(), photo.height.toFloat(), 0f, -1)) }  // the whole photo
+}
+
+fun iou(a: Box, b: Box): Float {
+    val iw = max(0f, min(a.x2, b.x2) - max(a.x1, b.x1)); val ih = max(0f, min(a.y2, b.y2) - max(a.y1, b.y1))
+    return iw * ih / (a.area + b.area - iw * ih + 1e-9f)
+}
+
+/** Crop with margin, stretch to 160x160, uint8 RGB NHWC (normalisation is inside the model). */
+fun embed(embedder: Interpreter, photo: Bitmap, box: Box): FloatArray {
+    val mx = (box.x2 - box.x1) * Shoplens.CROP_MARGIN; val my = (box.y2 - box.y1) * Shoplens.CROP_MARGIN
+    val l = max(0, (box.x1 - mx).toInt()); val t = max(0, (box.y1 - my).toInt())
+    val r = min(photo.width, (box.x2 + mx).toInt() + 1); val b = min(photo.height, (box.y2 + my).toInt() + 1)
+    val crop = Bitmap.createScaledBitmap(Bitmap.createBitmap(photo, l, t, r - l, b - t), Shoplens.EMBEDDER_SIZE, Shoplens.EMBEDDER_SIZE, true)
+    val n = Shoplens.EMBEDDER_SIZE * Shoplens.EMBEDDER_SIZE
+    val input = ByteBuffer.allocateDirect(3 * n).order(ByteOrder.nativeOrder())
+    val px = IntArray(n).also { crop.getPixels(it, 0, Shoplens.EMBEDDER_SIZE, 0, 0, Shoplens.EMBEDDER_SIZE, Shoplens.EMBEDDER_SIZE) }
+    for (p in px) { input.put(Color.red(p).toByte()); input.put(Color.green(p).toByte()); input.put(Color.blue(p).toByte()) }
+    val out = Array(1) { FloatArray(Shoplens.EMBEDDING_DIM) }
+    embedder.run(input.rewind(), out)
+    return out[0]
+}
+
+/** The contract's i8 wire encoding: L2-normalise, largest |component| -> 127, round half to even. */
+fun encodeI8(v: FloatArray): String {
+    val norm = sqrt(v.fold(0.0) { acc, x -> acc + x * x }).toFloat()
+    val unit = v.map { it / norm }
+    val peak = unit.maxOf { abs(it) }
+    val bytes = ByteArray(unit.size) { i -> Math.rint((unit[i] * 127 / peak).toDouble()).coerceIn(-127.0, 127.0).toInt().toByte() }
+    return Base64.encodeToString(bytes, Base64.NO_WRAP)
+}
+
+/** The body of POST /v1/search/batch: one request for every object in the photo, vectors only. */
+fun searchBody(vectors: List<String>, topK: Int = 5): String = JSONObject()
+    .put("model_id", Shoplens.MODEL_ID).put("encoding", "i8").put("vectors", JSONArray(vectors)).put("top_k", topK).toString()
