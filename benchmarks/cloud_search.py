@@ -130,6 +130,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     ap.add_argument("--uri", default="")
     ap.add_argument("--tag", default="")
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--note", action="append", default=[], help="a note to keep in the result file (repeatable)")
     args = ap.parse_args()
 
     import httpx
@@ -316,27 +317,36 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     targets = []
     if args.backend == "server":
         targets = [
-            {"target": "http p50 <= bare p50 + 3 ms", "value": row["http_over_bare_p50_ms"],
+            {"target": "http p50 <= bare p50 + 3 ms", "value": row["http_over_bare_p50_ms"], "threshold": 3.0,
              "met": row["http_over_bare_p50_ms"] <= 3},
-            {"target": "http p99 <= 15 ms", "value": row["http_p99_ms"], "met": row["http_p99_ms"] <= 15},
-            {"target": "recall@10 >= 0.98", "value": row["http_recall@10_i8"], "met": row["http_recall@10_i8"] >= 0.98},
-            {"target": "http 8-client QPS >= 0.7x bare", "value": row["http_qps_over_bare"],
+            {"target": "http p99 <= 15 ms", "value": row["http_p99_ms"], "threshold": 15.0,
+             "met": row["http_p99_ms"] <= 15},
+            {"target": "recall@10 >= 0.98", "value": row["http_recall@10_i8"], "threshold": 0.98,
+             "met": row["http_recall@10_i8"] >= 0.98},
+            {"target": "http 8-client QPS >= 0.7x bare", "value": row["http_qps_over_bare"], "threshold": 0.7,
              "met": row["http_qps_over_bare"] >= 0.7},
         ]
-    else:
-        targets = [{"target": "Lite http p99 <= 20 ms (demo size)", "value": row["http_p99_ms"],
+    elif args.n <= 10_000:  # the Lite target is for the demo catalog size (2,721 images)
+        targets = [{"target": "Lite http p99 <= 20 ms (demo size)", "value": row["http_p99_ms"], "threshold": 20.0,
                     "met": row["http_p99_ms"] <= 20}]
+    for t in targets:  # say by how much a missed target was missed
+        t["missed_by"] = None if t["met"] else abs(t["value"] - t["threshold"])
     row["targets"] = targets
 
     # merge with earlier runs (one row per backend x n x tag), same payload shape as common.write_result
     path = RESULTS_DIR / "cloud_search.json"
     rows: list[dict[str, Any]] = []
+    earlier_notes: list[str] = []
     if path.is_file():
-        rows = [r for r in json.loads(path.read_text()).get("rows", [])
+        earlier = json.loads(path.read_text())
+        earlier_notes = list(earlier.get("notes", []))
+        rows = [r for r in earlier.get("rows", [])
                 if (r.get("backend"), r.get("n"), r.get("tag")) != (row["backend"], row["n"], row["tag"])]
     rows.append(row)
     rows.sort(key=lambda r: (r["backend"], r["n"], r.get("tag", "")))
     notes.append("2-core machine shared with other developers' jobs while measuring: latencies are upper bounds")
+    notes.extend(args.note)
+    notes = list(dict.fromkeys([*earlier_notes, *notes]))
     payload = {
         "name": "cloud_search",
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
