@@ -64,6 +64,26 @@ class ApiSink:
         self.client.flush()
 
 
+class JsonlSink:
+    """Appends embedded rows to a JSONL file (one contract CatalogImage per line), fsynced per batch.
+
+    Used to prepare a re-index (``shoplens reindex --catalog``): rows are embedded once, then
+    loaded into a staging collection and swapped in. Re-running appends rows again for images
+    the ledger did not record; loading is an upsert by image id, so that duplicates nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], model_id: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.model_id = model_id
+
+    def upsert(self, images: list[CatalogImage]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write("".join(img.model_dump_json() + "\n" for img in images))
+            f.flush()
+            os.fsync(f.fileno())
+
+
 class ImportState:
     """The resume ledger: content hashes the index has acknowledged, and failures."""
 

@@ -127,6 +127,7 @@ class FlowOptions:
     min_box_fraction: float = 0.01  # ignore boxes smaller than this fraction of the photo area
     conf_threshold: float | None = None  # None: the manifest's default
     whole_image_fallback: bool = True  # no detection: embed the whole photo, as the catalog import does
+    ignore_labels: tuple[str, ...] = ("person",)  # the shopper's hand or body is never the product
     encoding: Encoding = Encoding.I8
 
 
@@ -165,12 +166,13 @@ def crop_with_margin(rgb: np.ndarray, box: tuple[float, float, float, float], ma
     return rgb[top:bottom, left:right]
 
 
-def choose_objects(dets: Detections, image_area: float, options: FlowOptions) -> list[int]:
+def choose_objects(dets: Detections, image_area: float, options: FlowOptions, class_names: list[str] | None = None) -> list[int]:
     """Top-N by score x area: a shopper photographs the product they want, big and in focus."""
     if len(dets) == 0:
         return []
     areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-    keep = np.where(areas >= options.min_box_fraction * image_area)[0]
+    wanted = np.array([not class_names or class_names[int(c)] not in options.ignore_labels for c in dets.classes], dtype=bool)
+    keep = np.where((areas >= options.min_box_fraction * image_area) & wanted)[0]
     order = keep[np.argsort(-(dets.scores[keep] * areas[keep]), kind="stable")]
     return [int(i) for i in order[: options.max_objects]]
 
@@ -225,7 +227,7 @@ class DeviceRuntime:
             overrides = {"conf_threshold": opts.conf_threshold} if opts.conf_threshold is not None else {}
             dets = self.detector.detect(rgb, **overrides)
             timings["detect"] = (time.perf_counter() - t) * 1000
-            for i in choose_objects(dets, float(w * h), opts):
+            for i in choose_objects(dets, float(w * h), opts, self.detector.class_names):
                 label = self.detector.class_names[int(dets.classes[i])]
                 regions.append((tuple(float(v) for v in dets.boxes[i]), label, float(dets.scores[i]), "detector"))
         if not regions and opts.whole_image_fallback:

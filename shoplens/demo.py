@@ -118,6 +118,7 @@ class QueryOutcome:
     ranked: list[dict[str, Any]]
     box: tuple[float, float, float, float] | None
     label: str
+    score: float
     source: str
     timings_ms: dict[str, float]
     payload_bytes: int
@@ -250,7 +251,7 @@ def run_demo(
                 result, response = rt.search(photo, client, top_k=5)
                 obj = result.objects[0]
                 ranked = [h.model_dump() for h in response.results[0].hits]
-                outcomes.append(QueryOutcome(photo, expected, ranked, obj.box if obj.source != "whole_image" else None, obj.label, obj.source, result.timings_ms, result.payload_bytes, photo.stat().st_size))
+                outcomes.append(QueryOutcome(photo, expected, ranked, obj.box if obj.source != "whole_image" else None, obj.label, obj.score, obj.source, result.timings_ms, result.payload_bytes, photo.stat().st_size))
                 bar.advance(task)
         query_s = time.perf_counter() - t0
     r1 = sum(bool(o.ranked) and o.ranked[0]["product_id"] == o.expected for o in outcomes) / len(outcomes)
@@ -283,7 +284,7 @@ def _write_report(path: Path, demo: DemoSummary, outcomes: list[QueryOutcome], a
     for o in outcomes:
         rgb = load_rgb(o.photo)
         pic = annotate(rgb, [o.box] if o.box else [], [f"{o.label}" if o.label else ""])
-        cards.append(ReportCard(f"{o.photo.name}: expected {o.expected}", pic, [{"label": o.label or o.source, "score": 0.0, "hits": o.ranked, "expected": o.expected}]))
+        cards.append(ReportCard(f"{o.photo.name}: expected {o.expected}", pic, [{"label": o.label or "whole photo", "score": o.score, "hits": o.ranked, "expected": o.expected}]))
     summary = (
         f"<p>{demo.queries} shop photos searched against {demo.catalog_images} catalog images of {demo.products} products. "
         f"<b>recall@1 {demo.recall_at_1:.3f}</b>, recall@5 {demo.recall_at_5:.3f}. Model {h.escape(demo.model_id)}. "

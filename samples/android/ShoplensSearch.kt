@@ -30,6 +30,8 @@ object Shoplens {
     const val CONF_THRESHOLD = 0.25f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
     const val MIN_BOX_FRACTION = 0.3f                                     // the product must fill 30% of the photo, else embed it whole
+    const val IGNORED_LABEL = "person"                                    // manifest: yolov8n detector.class_names[0]
+    const val IGNORED_CLASS = 0                                           // the index of IGNORED_LABEL: the shopper's hand is never the product
 
     const val EMBEDDER_FILE = "embedder_w8a32.tflite"                     // manifest: resnet50v2-s3-256/embedder_w8a32.tflite file
     const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.name
@@ -78,7 +80,7 @@ fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = 3): List<Box>
     val kept = mutableListOf<Box>()
     for (b in cands) if (kept.none { it.cls == b.cls && iou(it, b) > Shoplens.IOU_THRESHOLD }) kept += b
     val photoArea = photo.width.toFloat() * photo.height
-    return kept.filter { it.area >= Shoplens.MIN_BOX_FRACTION * photoArea }.sortedByDescending { it.score * it.area }.take(maxObjects)
+    return kept.filter { it.cls != Shoplens.IGNORED_CLASS && it.area >= Shoplens.MIN_BOX_FRACTION * photoArea }.sortedByDescending { it.score * it.area }.take(maxObjects)
         .ifEmpty { listOf(Box(0f, 0f, photo.width.toFloat(), photo.height.toFloat(), 0f, -1)) }  // the whole photo
 }
 

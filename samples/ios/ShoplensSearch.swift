@@ -19,6 +19,7 @@ enum Shoplens {
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
     static let confidenceThreshold: Float = 0.25                      // manifest: yolov8n detector.conf_threshold
     static let minBoxFraction: CGFloat = 0.3                          // the product must fill 30% of the photo, else embed it whole
+    static let ignoredLabel = "person"                                // manifest: yolov8n detector.class_names[0]
 
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out
     static let embedderFile = "embedder_int8.mlpackage"               // manifest: resnet50v2-s3-256/embedder_int8.mlpackage file
@@ -37,6 +38,7 @@ func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = 3) t
     try VNImageRequestHandler(cgImage: image, orientation: .up).perform([request])
     let found = (request.results as? [VNRecognizedObjectObservation] ?? [])
         .filter { $0.confidence >= VNConfidence(Shoplens.confidenceThreshold) }
+        .filter { $0.labels.first?.identifier != Shoplens.ignoredLabel }  // the shopper's hand is never the product
         .filter { $0.boundingBox.width * $0.boundingBox.height >= Shoplens.minBoxFraction }
         .sorted { $0.confidence * Float($0.boundingBox.width * $0.boundingBox.height) > $1.confidence * Float($1.boundingBox.width * $1.boundingBox.height) }
     let boxes = found.prefix(maxObjects).map { $0.boundingBox }

@@ -106,3 +106,34 @@ def test_wrong_bundles_are_refused(mobilenet_bundle: Path, tmp_path: Path) -> No
         from shoplens.contract.manifest import load_manifest as lm
 
         lm(mobilenet_bundle).artifact("coreml")
+
+
+def test_choose_objects_ranks_by_score_times_area_and_skips_people() -> None:
+    from shoplens.sdk.runtime import choose_objects
+    from shoplens.sdk.yolo_decode import Detections
+
+    boxes = np.array([[0, 0, 50, 50], [0, 0, 90, 90], [0, 0, 100, 100], [0, 0, 5, 5]], np.float32)
+    dets = Detections(boxes, np.array([0.9, 0.5, 0.99, 0.9], np.float32), np.array([1, 2, 0, 3]))
+    names = ["person", "apple", "orange", "bottle"]
+    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.01), names) == [1, 0]
+    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.5), names) == [1]
+    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.0, ignore_labels=()), names) == [2, 1, 0]
+
+
+@pytest.mark.slow
+def test_shipped_bundles_run_the_whole_flow(coco8_dir: Path, grocery_dir: Path) -> None:
+    """mobile_assets/ as a phone gets it: the detector finds real objects, the embedder gives the bundle's model id."""
+    root = Path(__file__).resolve().parents[2] / "mobile_assets"
+    rt = DeviceRuntime.from_bundle(root, options=FlowOptions(max_objects=5, min_box_fraction=0.0, ignore_labels=()))
+    assert rt.detector is not None and rt.embedder.dim == 256
+    photo = coco8_dir / "images" / "val" / "000000000036.jpg"  # a person with an umbrella
+    res = rt.process(photo)
+    labels = {o.label for o in res.objects}
+    assert {"person", "umbrella"} <= labels, labels
+    w, h = res.image_size
+    for o in res.objects:
+        x1, y1, x2, y2 = o.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and o.score > 0.25
+        assert abs(float(np.linalg.norm(o.vector)) - 1) < 1e-5
+    assert res.model_id == load_manifest(root / "resnet50v2-s3-256").embedder.model_id
+    assert res.payload_bytes == 344 * len(res.objects)
