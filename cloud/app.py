@@ -170,7 +170,8 @@ class ServiceState:
             return None
         return (
             f"Milvus Lite holds {rows} rows, past {self.settings.lite_warn_rows} where it stops serving well "
-            "(~60-70 ms/query at 100k, ~580 ms at 1M, one process only). Move to a Milvus server: "
+            "(measured through HTTP: p99 22 ms at 20k rows, 80 ms at 50k, 223 ms at 100k; one process only). "
+            "Move to a Milvus server: "
             "set SHOPLENS_MILVUS_URI=http://<host>:19530 and re-upsert the catalog (docs/cloud.md)."
         )
 
