@@ -1,0 +1,154 @@
+"""Embedder benchmark: size, TFLite latency, parity and retrieval quality on the Grocery Store data.
+
+Rows: PCA head (closed form, no labels), fine-tuned fp32 (PyTorch), every
+artifact of the shipped bundle (TFLite; CoreML rows report size and parity
+only: no CoreML runtime on Linux), and the off-the-shelf ImageNet MobileNetV1
+TFLite embedder as the reference. Seen products: all val photos; unseen: the
+products held out by the ``--holdout-checkpoint`` run, queried against their
+iconic images (all 81 iconic images and the held-out ones only).
+
+    .venv/bin/python benchmarks/embedder.py [--bundle mobile_assets/resnet50v2-s3-256]
+
+Prints a table and writes ``benchmarks/results/embedder.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from shoplens.contract.manifest import ArtifactFormat, verify_bundle
+from shoplens.converters.embedder_convert import torch_embed
+from shoplens.converters.embedder_data import load_catalog
+from shoplens.converters.embedder_eval import RetrievalSets, embed_paths, evaluate_vectors
+from shoplens.converters.embedder_head import fit_head
+from shoplens.converters.embedder_model import EmbedderConfig, build_embedder, load_checkpoint
+from shoplens.converters.embedder_tflite import TFLiteEmbedder
+from shoplens.resources import find_weights, grocery_store
+from shoplens.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+Embed = Callable[[np.ndarray], np.ndarray]
+
+
+class MobileNetV1Reference:
+    """The Coral MobileNetV1 embedding extractor: uint8 224 in, 1024-d uint8 out (dequantised, L2-normalised)."""
+
+    size = 224
+
+    def __init__(self, threads: int = 2) -> None:
+        path = find_weights("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite").require()
+        self.runner = TFLiteEmbedder(path, threads=threads)
+        self.path = path
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        y = self.runner(batch).reshape(len(batch), -1)
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def latency_ms(path: Path, threads: int, runs: int = 30) -> float:
+    r = TFLiteEmbedder(path, threads=threads)
+    x = np.random.default_rng(0).integers(0, 255, size=(1, *r.input["shape"][1:]), dtype=np.uint8)
+    for _ in range(3):
+        r(x)
+    t = time.perf_counter()
+    for _ in range(runs):
+        r(x)
+    return (time.perf_counter() - t) / runs * 1000
+
+
+def vectors(sets: RetrievalSets, run: Embed, size: int, with_train: bool) -> dict[str, np.ndarray]:
+    keys = ("val", "iconic", "train") if with_train else ("val", "iconic")
+    return {k: embed_paths(run, getattr(sets, k), size) for k in keys}
+
+
+def wait_for(path: Path, minutes: float) -> bool:
+    """The held-out run may still be training when the benchmark starts; its rows come last."""
+    deadline = time.time() + minutes * 60
+    while not path.is_file() and time.time() < deadline:
+        time.sleep(10)
+    return path.is_file()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cache = get_settings().cache_dir / "embedder"
+    ap.add_argument("--bundle", type=Path, default=REPO / "mobile_assets" / "resnet50v2-s3-256")
+    ap.add_argument("--checkpoint", type=Path, default=cache / "resnet50v2-s3-256.pt")
+    ap.add_argument("--holdout-checkpoint", type=Path, default=cache / "resnet50v2-s3-256-holdout27.pt")
+    ap.add_argument("--wait-holdout", type=float, default=0.0, help="minutes to wait for the held-out checkpoint")
+    ap.add_argument("--catalog", type=Path, default=None)
+    ap.add_argument("--no-train-catalog", action="store_true", help="skip the iconic + train catalog (faster)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedder.json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    root = args.catalog or grocery_store().require() / "dataset"
+    cat = load_catalog(root)
+    sets = RetrievalSets.from_catalog(cat)
+    with_train = not args.no_train_catalog
+    rows: list[tuple[dict, dict[str, np.ndarray] | None, str]] = []  # (row, vectors, which unseen set applies)
+
+    model, _ = load_checkpoint(args.checkpoint)
+    size = model.config.input_size
+    t = time.time()
+    pca = build_embedder(EmbedderConfig(input_size=size, dim=model.config.dim))
+    fit_head(pca, [s.path for s in sets.train] + [s.path for s in sets.iconic])
+    rows.append(({"model": "PCA head (ImageNet trunk, no fine-tuning)", "precision": "fp32", "runtime": "pytorch", "fit_seconds": time.time() - t},
+                 vectors(sets, torch_embed(pca), size, with_train), "report"))
+    rows.append(({"model": "fine-tuned on all products", "precision": "fp32", "runtime": "pytorch"}, vectors(sets, torch_embed(model), size, with_train), "none"))
+    manifest = verify_bundle(args.bundle)
+    for a in manifest.artifacts:
+        row = {"model": f"bundle {a.file}", "precision": a.precision.value, "runtime": a.format.value, "size_mb": a.size_bytes / 1e6, "publishable": a.publishable}
+        if a.parity:
+            row.update({f"parity_{k}": v for k, v in a.parity.metrics.items() if k.startswith(("cos", "top10", "images"))})
+        vec = None
+        if a.format is ArtifactFormat.TFLITE:
+            path = args.bundle / a.file
+            row["latency_ms_1t"] = latency_ms(path, 1)
+            row["latency_ms_2t"] = latency_ms(path, 2)
+            vec = vectors(sets, TFLiteEmbedder(path, threads=2), size, with_train)
+        rows.append((row, vec, "none"))
+    mnet = MobileNetV1Reference()
+    rows.append(({"model": "MobileNetV1 ImageNet embedder (reference)", "precision": "uint8", "runtime": "tflite", "size_mb": mnet.path.stat().st_size / 1e6,
+                  "latency_ms_1t": latency_ms(mnet.path, 1), "latency_ms_2t": latency_ms(mnet.path, 2)}, vectors(sets, mnet, mnet.size, with_train), "report"))
+    held: set[int] = set()
+    if wait_for(args.holdout_checkpoint, args.wait_holdout):
+        hmodel, _ = load_checkpoint(args.holdout_checkpoint)
+        held = set(hmodel.config.meta.get("held_out_products", []))
+        rows.append(({"model": f"fine-tuned without {len(held)} held-out products", "precision": "fp32", "runtime": "pytorch"},
+                     vectors(sets, torch_embed(hmodel), size, with_train), "heldout_run"))
+
+    results = []
+    for row, vec, unseen in rows:
+        if vec is not None:
+            if unseen == "heldout_run":  # seen rows: only the products this model trained on
+                row.update(evaluate_vectors(sets, vec, unseen=held))
+            else:  # all products, plus the held-out products' rows where they apply
+                row.update(evaluate_vectors(sets, vec))
+                if unseen == "report" and held:
+                    row.update({k: v for k, v in evaluate_vectors(sets, vec, unseen=held).items() if k.startswith("unseen")})
+        results.append(row)
+    cols = ["photo_iconic_r@1", "photo_iconic_r@5", "photo_iconic_train_r@1", "unseen_photo_iconic_r@1", "unseen_photo_iconic_heldout_only_r@1",
+            "size_mb", "latency_ms_2t", "parity_cos_mean"]
+    print(f"{'model':50s} " + " ".join(f"{c.replace('photo_', '')[:14]:>14s}" for c in cols))
+    for r in results:
+        print(f"{r['model'][:50]:50s} " + " ".join(f"{r[c]:14.3f}" if isinstance(r.get(c), float) else f"{'-':>14s}" for c in cols))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    import os
+
+    args.out.write_text(json.dumps({
+        "model_id": manifest.embedder.model_id if manifest.embedder else None, "held_out_products": sorted(held),
+        "queries": "Grocery Store val photos (296); the held-out run's seen rows exclude its held-out products; unseen_* rows query the held-out products' val photos",
+        "load_average_at_end": os.getloadavg(), "rows": results,
+    }, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
