@@ -23,7 +23,9 @@ import re
 from typing import Any
 
 MAX_DIM = 32768  # the largest vector dimension Milvus accepts
-MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,47}-[1-9][0-9]{0,4}d-[0-9a-f]{12}$"
+#: the dimension part spells 1..32768 exactly, so the published JSON Schema refuses what Milvus would
+_DIM = r"(?:[1-9][0-9]{0,3}|[12][0-9]{4}|3[01][0-9]{3}|32[0-6][0-9]{2}|327[0-5][0-9]|3276[0-8])"
+MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,47}-" + _DIM + r"d-[0-9a-f]{12}$"
 _MODEL_ID_RE = re.compile(MODEL_ID_PATTERN)
 
 

@@ -34,6 +34,9 @@ def test_ids_without_control_characters_and_model_dims_in_range() -> None:
     for bad in ("a\x05b", "", "x" * 129, "tab\there"):
         with pytest.raises(ValidationError):
             CatalogImage(image_id=bad, product_id="p", vector="AAAAAA==")
-    assert not is_valid_model_id("m-0d-0123456789ab") and not is_valid_model_id("m-40000d-0123456789ab")
+    assert not is_valid_model_id("m-0d-0123456789ab") and not is_valid_model_id("m-32769d-0123456789ab")
+    assert is_valid_model_id("m-32768d-0123456789ab")
+    with pytest.raises(ValidationError):
+        SearchRequest(model_id="m-90000d-0123456789ab", vector="AAAA")
     with pytest.raises(ValidationError):
         SearchRequest(model_id="m-0d-0123456789ab", vector="AAAA")
