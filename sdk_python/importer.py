@@ -278,6 +278,7 @@ def import_catalog(
     ``min_box_fraction``: a detection smaller than this share of the image is not the main
     object; the whole image is embedded instead (as the phone does with the same setting).
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     summary = ImportSummary()
@@ -287,7 +288,7 @@ def import_catalog(
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
-    bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress)
+    bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, console=Console(stderr=True))  # progress is UI: stdout stays for results
     t0 = time.perf_counter()
     failed = True
     try:
