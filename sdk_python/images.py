@@ -84,7 +84,9 @@ def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS, target_side: int | 
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}") from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: in a process that imported ultralytics, Image.open is patched to try an
+        # optional HEIF plugin on unidentified files; without it, the file is just unrecognised
         raise ImageError("not a recognised image format (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from None

@@ -96,3 +96,15 @@ def test_png_header_lying_about_size_is_rejected_before_allocation() -> None:
 def test_big_jpeg_is_decoded_reduced_when_asked() -> None:
     data = _encoded("JPEG", size=(4000, 3000), quality=50)
     assert decode_rgb(data, target_side=640).shape[0] <= 3000 // 4 + 1
+
+
+def test_garbage_is_rejected_even_after_ultralytics_patched_pillow() -> None:
+    """ultralytics replaces Image.open with one that tries a HEIF plugin on unknown files (ImportError
+    without it); a process that converts and decodes must still get a clean ImageError."""
+    from shoplens.offline import prepare_ultralytics
+
+    prepare_ultralytics()
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+
+    with pytest.raises(ImageError, match="not a recognised image"):
+        decode_rgb(b"\x00garbage that is no image at all")
