@@ -231,13 +231,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--max-requests", type=int, default=100_000, help="per client; the run also stops at --seconds")
+    ap.add_argument("--rate", type=float, default=20.0, help="token-bucket refill per key (requests/s): a phone needs far less")
+    ap.add_argument("--burst", type=int, default=40, help="token-bucket size per key")
     args = ap.parse_args()
     from common import write_result
 
-    res = run_load(args.clients, args.seconds, args.rows, args.max_requests)
+    res = run_load(args.clients, args.seconds, args.rows, args.max_requests, rate_per_s=args.rate, burst=args.burst)
     rows = res.pop("rows")
     notes = [
-        f"{args.clients} async clients for {args.seconds:.0f} s on 127.0.0.1 against `shoplens serve` (one uvicorn worker) over Milvus Lite with {args.rows} seeded 256-d rows; 90% i8 searches (20% with filters), 10% upserts of 8 f16 images; one more client fires bursts larger than its key's bucket to trigger intended 429s",
+        f"{args.clients} async clients for {args.seconds:.0f} s on 127.0.0.1 against `shoplens serve` (one uvicorn worker) over Milvus Lite with {args.rows} seeded 256-d rows; 90% i8 searches (20% with filters), 10% upserts of 8 f16 images; one more client fires bursts larger than its key's bucket to trigger intended 429s; rate limit {args.rate:g}/s, burst {args.burst} per key",
         f"status counts: {res['status']}; unexpected errors: {res['unexpected_errors']}",
         f"service RSS (incl. the Milvus Lite child) MB: start {res['rss_mb']['start']:.0f}, end {res['rss_mb']['end']:.0f}, max {res['rss_mb']['max']:.0f}, growth after warm-up {res['rss_mb']['growth_after_warmup']:.0f}",
     ]
