@@ -234,6 +234,41 @@ def _to_image(p: _Pending, vector: np.ndarray) -> CatalogImage:
     )
 
 
+class BatchWriter:
+    """Collects embedded images into batches; a batch is recorded as done only after the sink
+    acknowledged it. Shared by the local and the Ray engines."""
+
+    def __init__(self, sink: CatalogSink, state: ImportState, summary: ImportSummary, batch_size: int, advance: Callable[..., None] = lambda n=1: None) -> None:
+        self.sink, self.state, self.summary, self.batch_size, self.advance = sink, state, summary, batch_size, advance
+        self.images: list[CatalogImage] = []
+        self.done: list[tuple[str, str, str]] = []
+
+    def add(self, p: _Pending, vec: np.ndarray | None, info: str) -> None:
+        if vec is None:
+            self.summary.failed.append((p.entry.image, info))
+            self.state.mark_failed(p.entry.image, info)
+            self.advance()
+            return
+        self.images.append(_to_image(p, vec))
+        self.done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+        if len(self.images) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.images:
+            self.sink.upsert(self.images)  # durable before we record it as done
+            self.state.mark_done(self.done)
+            self.summary.imported += len(self.images)
+            self.advance(len(self.images))
+            self.images, self.done = [], []
+
+    def finish(self) -> None:
+        """After the last batch: let the sink seal what was written (e.g. a Milvus flush)."""
+        self.flush()
+        if self.summary.imported and hasattr(self.sink, "finish"):
+            self.sink.finish()
+
+
 def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[tuple[_Pending, np.ndarray | None, str]]:
     """Embed pending images in order. With a pool, reading/hashing (the feeder thread) overlaps
     embedding (the workers), and a semaphore bounds how many images are held in memory."""
@@ -299,31 +334,11 @@ def import_catalog(
                 elapsed = time.perf_counter() - t0
                 bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
 
-            images: list[CatalogImage] = []
-            done: list[tuple[str, str, str]] = []
-
-            def write() -> None:
-                if images:
-                    sink.upsert(images)  # durable before we record it as done
-                    state.mark_done(done)
-                    summary.imported += len(images)
-                    advance(len(images))
-                    images.clear()
-                    done.clear()
-
+            writer = BatchWriter(sink, state, summary, batch_size, advance)
             for p, vec, info in _embedded(_pending(entries, state, summary, advance), pool, workers):
-                if vec is None:
-                    summary.failed.append((p.entry.image, info))
-                    state.mark_failed(p.entry.image, info)
-                    advance()
-                    continue
-                images.append(_to_image(p, vec))
-                done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
-                if len(images) >= batch_size:
-                    write()
-            write()
-        if summary.imported and hasattr(sink, "finish"):
-            sink.finish()
+                writer.add(p, vec, info)
+            writer.flush()
+        writer.finish()
         failed = False
     finally:
         if pool is not None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from shoplens.sdk.catalog import CatalogEntry
-from shoplens.sdk.importer import CatalogSink, ImportState, ImportSummary, _batched, _pending, _to_image, image_id_for
+from shoplens.sdk.importer import BatchWriter, CatalogSink, ImportState, ImportSummary, _batched, _pending
 
 CHUNK = 4096  # images per Ray dataset: bounds driver memory, keeps every actor busy
 
@@ -70,6 +70,7 @@ def import_catalog_ray(
     summary = ImportSummary()
     state = ImportState(state_path, sink.model_id)
     t0 = time.perf_counter()
+    writer = BatchWriter(sink, state, summary, batch_size)
     try:
         for chunk in _batched(_pending(entries, state, summary, lambda: None), CHUNK):
             ds = ray.data.from_items([{"idx": i, "data": p.data} for i, p in enumerate(chunk)])
@@ -80,26 +81,11 @@ def import_catalog_ray(
                 concurrency=workers,
                 batch_format="numpy",
             )
-            images, done = [], []
             for row in out.iter_rows():
                 p = chunk[int(row["idx"])]
-                if row["error"]:
-                    summary.failed.append((p.entry.image, str(row["error"])))
-                    state.mark_failed(p.entry.image, str(row["error"]))
-                    continue
-                images.append(_to_image(p, np.asarray(row["vector"], dtype=np.float32)))
-                done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
-                if len(images) >= batch_size:
-                    sink.upsert(images)
-                    state.mark_done(done)
-                    summary.imported += len(images)
-                    images, done = [], []
-            if images:
-                sink.upsert(images)
-                state.mark_done(done)
-                summary.imported += len(images)
-        if summary.imported and hasattr(sink, "finish"):
-            sink.finish()
+                vec = None if row["error"] else np.asarray(row["vector"], dtype=np.float32)
+                writer.add(p, vec, str(row["error"]))
+        writer.finish()
     finally:
         summary.seconds = time.perf_counter() - t0
         state.close()
