@@ -28,7 +28,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shoplens.resources import grocery_store
+from shoplens.resources import fetch_grocery_store, grocery_store
 
 console = Console()
 
@@ -211,7 +211,8 @@ def run_demo(
     from shoplens.contract.manifest import Task
     from shoplens.settings import Settings
 
-    data = load_grocery(grocery_store().require(hint="The demo needs the Grocery Store dataset: set SHOPLENS_DATA_DIR to a folder containing grocery_store/."), products)
+    look = grocery_store()
+    data = load_grocery(look.path or fetch_grocery_store(), products)
     found = _bundles_under(bundle_dir) if bundle_dir.is_dir() else {}
     embedder = _only(found, Task.EMBEDDER, bundle_dir) if found.get(Task.EMBEDDER) else _reference_embedder(workdir)
     detector = _only(found, Task.DETECTOR, bundle_dir) if found.get(Task.DETECTOR) else None

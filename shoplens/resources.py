@@ -115,3 +115,51 @@ def is_offline(timeout: float = 1.5) -> bool:
             return False
     except OSError:
         return True
+
+
+GROCERY_STORE_URL = "https://github.com/marcusklasson/GroceryStoreDataset/archive/refs/heads/master.zip"
+
+
+def fetch_grocery_store() -> Path:
+    """Download the Grocery Store dataset (MIT, ~120 MB) into the cache when online.
+
+    Offline (``SHOPLENS_OFFLINE=1``, or no route to GitHub) nothing is attempted beyond that
+    check, and the error says where to put the data instead.
+    """
+    import shutil
+    import zipfile
+
+    target = get_settings().cache_dir / "data" / "grocery_store"
+    if (target / "dataset" / "classes.csv").is_file():
+        return target
+    places = "\n  ".join(str(p) for p in grocery_store().searched)
+    if is_offline():
+        raise ResourceNotFound(
+            f"grocery_store not found and offline, so it cannot be downloaded from {GROCERY_STORE_URL}. Searched:\n  {places}\n"
+            "Put the dataset (its dataset/ folder with classes.csv, train.txt, val.txt) in one of those places, "
+            "or set SHOPLENS_DATA_DIR to a folder containing grocery_store/."
+        )
+    import httpx
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    part = target.parent / "grocery_store.zip.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with httpx.stream("GET", GROCERY_STORE_URL, follow_redirects=True, timeout=60) as r, Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn()) as bar:
+        r.raise_for_status()
+        task = bar.add_task("downloading the Grocery Store dataset", total=int(r.headers.get("Content-Length") or 0) or None)
+        with part.open("wb") as f:
+            for chunk in r.iter_bytes(1 << 20):
+                f.write(chunk)
+                bar.advance(task, len(chunk))
+    staging = target.parent / "grocery_store.extracting"
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(part) as z:
+        z.extractall(staging)
+    (top,) = [d for d in staging.iterdir() if d.is_dir()]  # GroceryStoreDataset-master/
+    if not (top / "dataset" / "classes.csv").is_file():
+        raise ResourceNotFound(f"the download from {GROCERY_STORE_URL} has no dataset/classes.csv")
+    shutil.rmtree(target, ignore_errors=True)
+    top.rename(target)  # atomic on one filesystem: a crash never leaves half a dataset in place
+    shutil.rmtree(staging, ignore_errors=True)
+    part.unlink()
+    return target

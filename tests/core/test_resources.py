@@ -62,3 +62,28 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("SHOPLENS_CACHE_DIR", str(tmp_path))
     get_settings.cache_clear()
     assert get_settings().resolved_milvus_uri() == str(tmp_path / "milvus" / "shoplens.db")
+
+
+def test_dataset_download_offline_is_a_clear_error_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import netguard
+
+    from shoplens.resources import GROCERY_STORE_URL, fetch_grocery_store
+
+    monkeypatch.setenv("SHOPLENS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SHOPLENS_OFFLINE", "1")
+    get_settings.cache_clear()
+    before = len(netguard.ATTEMPTS)
+    with pytest.raises(ResourceNotFound, match="offline") as info:
+        fetch_grocery_store()
+    assert GROCERY_STORE_URL in str(info.value) and "SHOPLENS_DATA_DIR" in str(info.value)
+    assert len(netguard.ATTEMPTS) == before, "offline must mean: not even a connection attempt"
+
+
+def test_downloaded_dataset_in_the_cache_is_found_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoplens.resources import fetch_grocery_store
+
+    (tmp_path / "data" / "grocery_store" / "dataset").mkdir(parents=True)
+    (tmp_path / "data" / "grocery_store" / "dataset" / "classes.csv").write_text("x\n")
+    monkeypatch.setenv("SHOPLENS_CACHE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    assert fetch_grocery_store() == tmp_path / "data" / "grocery_store"
