@@ -41,6 +41,7 @@ from shoplens.cloud.errors import ApiError, install_error_handlers
 from shoplens.cloud.filters import build_filter
 from shoplens.cloud.limits import BodyLimitMiddleware
 from shoplens.cloud.metrics import Metrics
+from shoplens.cloud.query_log import QueryLog
 from shoplens.cloud.store import Binding, CatalogStore
 
 log = logging.getLogger("shoplens.cloud")
@@ -164,6 +165,7 @@ class ServiceState:
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         self.create_lock = threading.Lock()
         self.lite_warned = False
+        self.query_log = QueryLog(settings.query_log, settings.query_log_max_bytes) if settings.query_log else None
 
     def lite_warning(self, rows: int) -> str | None:
         if not self.store.lite or rows <= self.settings.lite_warn_rows:
@@ -270,6 +272,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         took = time.perf_counter() - t0
         state.metrics.search_seconds.labels(kind="single", grouping=grouping).observe(took)
+        if state.query_log is not None:
+            state.query_log.record(binding.model_id, body.encoding.value, [body.vector], [[h.product_id for h in hits[0]]])
         return SearchResponse(model_id=binding.model_id, hits=hits[0], grouping=grouping, took_ms=took * 1000)
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse, tags=["search"])
@@ -288,6 +292,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         took = time.perf_counter() - t0
         state.metrics.search_seconds.labels(kind="batch", grouping=grouping).observe(took)
+        if state.query_log is not None:
+            state.query_log.record(binding.model_id, body.encoding.value, body.vectors, [[h.product_id for h in r] for r in results])
         return BatchSearchResponse(
             model_id=binding.model_id,
             results=[ObjectResults(index=i, hits=h) for i, h in enumerate(results)],

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
         "Strong's wait for the next time tick (~200 ms on a Milvus server)",
     )
     binding_ttl_s: float = Field(default=2.0, ge=0, description="how long the alias->collection binding is cached")
+    query_log: Path | None = Field(default=None, description="opt-in: append query vectors + returned product ids here (personal data; off by default)")
+    query_log_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="rotate the query log past this size")
     weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")
     data_dir: Path | None = Field(default=None, description="where datasets are looked for first")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="caches, converted models, Lite DB")

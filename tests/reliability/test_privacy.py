@@ -65,3 +65,23 @@ def test_cors_is_closed_by_default(tmp_path: Path) -> None:
         get = c.get("/v1/health", headers={"Origin": "https://evil.example"})
     for r in (pre, get):
         assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_query_log_is_opt_in_private_and_bounded(tmp_path: Path) -> None:
+    import json
+    import stat
+
+    rng = np.random.default_rng(3)
+    log = tmp_path / "logs" / "queries.jsonl"
+    catalog = [{"image_id": f"i{i}", "product_id": f"p{i}", "vector": encode_vector(rng.standard_normal(16), "f32")} for i in range(10)]
+    app = create_app(Settings(milvus_uri=str(tmp_path / "c.db"), admin_keys=[ADMIN], device_keys=[DEVICE], collection="privacy", query_log=log, query_log_max_bytes=2000))
+    with TestClient(app) as c:
+        c.put("/v1/catalog/images", json={"model_id": MODEL_ID, "images": catalog}, headers={"Authorization": f"Bearer {ADMIN}"})
+        sent = encode_vector(rng.standard_normal(16), "i8")
+        r = c.post("/v1/search", json={"model_id": MODEL_ID, "vector": sent, "top_k": 3}, headers={"Authorization": f"Bearer {DEVICE}"})
+        entry = json.loads(log.read_text().splitlines()[0])
+        assert entry["vectors"] == [sent] and entry["products"] == [[h["product_id"] for h in r.json()["hits"]]]
+        assert DEVICE not in log.read_text() and stat.S_IMODE(log.stat().st_mode) == 0o600
+        for _ in range(20):
+            c.post("/v1/search/batch", json={"model_id": MODEL_ID, "vectors": [sent, sent]}, headers={"Authorization": f"Bearer {DEVICE}"})
+    assert log.stat().st_size <= 2000 and log.with_suffix(".jsonl.1").exists()  # rotated, bounded
