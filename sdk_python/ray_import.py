@@ -73,7 +73,7 @@ def import_catalog_ray(
     writer = BatchWriter(sink, state, summary, batch_size)
     try:
         for chunk in _batched(_pending(entries, state, summary, lambda: None), CHUNK):
-            ds = ray.data.from_items([{"idx": i, "data": p.data} for i, p in enumerate(chunk)])
+            ds = ray.data.from_items([{"idx": i, "data": p.data} for i, p in enumerate(chunk)], override_num_blocks=max(1, min(len(chunk), workers * 4)))  # blocks for every actor
             out = ds.map_batches(
                 _EmbedActor,
                 fn_constructor_kwargs={"embedder": str(embedder), "detector": str(detector) if detector else None, "precision": precision},
