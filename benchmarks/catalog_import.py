@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-from shoplens.contract.manifest import Task, load_manifest  # noqa: E402
+from shoplens.contract.manifest import load_manifest  # noqa: E402
 from shoplens.demo import _reference_embedder, catalog_entries, load_grocery  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.sdk.importer import import_catalog  # noqa: E402
-from shoplens.sdk.runtime import _bundles_under  # noqa: E402
+from shoplens.sdk.runtime import resolve_bundles  # noqa: E402
 
 
 class NullSink:
@@ -40,9 +40,8 @@ def main() -> None:
     ap.add_argument("--configs", default="1x1,2x1,1x2", help="workers x LiteRT threads per worker")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shoplens-import-bench-"))
-    found = _bundles_under(args.bundle) if args.bundle.is_dir() else {}
-    embedder = found[Task.EMBEDDER][0] if found.get(Task.EMBEDDER) else _reference_embedder(work)
-    detector = found[Task.DETECTOR][0] if found.get(Task.DETECTOR) else None
+    embedder, detector = resolve_bundles(args.bundle, embedder_required=False)
+    embedder = embedder or _reference_embedder(work)
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     entries = catalog_entries(load_grocery(grocery_store().require()))[: args.images]
     rows = []

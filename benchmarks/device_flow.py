@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from shoplens.contract.codecs import Encoding, encode_vector  # noqa: E402
-from shoplens.contract.manifest import Task, load_manifest  # noqa: E402
+from shoplens.contract.manifest import load_manifest  # noqa: E402
 from shoplens.demo import BackgroundService, _reference_embedder, _wait_until_indexed, catalog_entries, load_grocery  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.sdk.client import ShoplensClient  # noqa: E402
 from shoplens.sdk.images import load_rgb  # noqa: E402
 from shoplens.sdk.importer import ApiSink, import_catalog  # noqa: E402
-from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, _bundles_under  # noqa: E402
+from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, resolve_bundles  # noqa: E402
 from shoplens.settings import Settings  # noqa: E402
 
 
@@ -64,9 +64,8 @@ def main() -> None:
 
     data = load_grocery(grocery_store().require())
     work = Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
-    found = _bundles_under(args.bundle) if args.bundle.is_dir() else {}
-    embedder = found[Task.EMBEDDER][0] if found.get(Task.EMBEDDER) else _reference_embedder(work)
-    detector = found[Task.DETECTOR][0] if found.get(Task.DETECTOR) else None
+    embedder, detector = resolve_bundles(args.bundle, embedder_required=False)
+    embedder = embedder or _reference_embedder(work)
     manifest = load_manifest(embedder)
     model_id, dim = manifest.embedder.model_id, manifest.embedder.dim  # type: ignore[union-attr]
     tflite = [a.precision.value for a in manifest.artifacts if a.format.value == "tflite"]

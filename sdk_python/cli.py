@@ -122,13 +122,10 @@ def index(
     require_extra("device")
     from shoplens.sdk.catalog import read_catalog
     from shoplens.sdk.importer import import_catalog
-    from shoplens.sdk.runtime import _bundles_under, _only
-    from shoplens.contract.manifest import Task, load_manifest
+    from shoplens.contract.manifest import load_manifest
+    from shoplens.sdk.runtime import resolve_bundles
 
-    root = bundle or default_bundle_dir()
-    found = _bundles_under(root) if (embedder is None or (detector is None and not no_detector)) else {}
-    emb = embedder or _only(found, Task.EMBEDDER, root)
-    det = None if no_detector else (detector or (_only(found, Task.DETECTOR, root) if found.get(Task.DETECTOR) else None))
+    emb, det = resolve_bundles(bundle or default_bundle_dir(), embedder=embedder, detector=detector, with_detector=not no_detector)
     model_id = load_manifest(emb).embedder.model_id  # type: ignore[union-attr]
     entries = list(read_catalog(catalog))
     state_path = state or get_settings().cache_dir / "imports" / f"{catalog.stem}-{model_id}.db"

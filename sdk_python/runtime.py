@@ -198,12 +198,7 @@ class DeviceRuntime:
     ) -> "DeviceRuntime":
         """``path``: a folder holding one embedder bundle and at most one detector bundle
         (e.g. ``mobile_assets/``), or give the two bundle folders explicitly."""
-        if path is not None:
-            found = _bundles_under(Path(path))
-            embedder = embedder or _only(found, Task.EMBEDDER, Path(path))
-            detector = detector or (_only(found, Task.DETECTOR, Path(path)) if found.get(Task.DETECTOR) else None)
-        if embedder is None:
-            raise ManifestError("no embedder bundle given")
+        embedder, detector = resolve_bundles(Path(path) if path is not None else None, embedder=embedder, detector=detector)
         return cls(
             Embedder(embedder, precision, num_threads),
             Detector(detector, None, num_threads) if detector else None,
@@ -258,8 +253,11 @@ class DeviceRuntime:
         return result, response
 
 
-def _bundles_under(root: Path) -> dict[Task, list[Path]]:
+def find_bundles(root: Path) -> dict[Task, list[Path]]:
+    """Bundle folders by task: ``root`` itself if it is a bundle, else its subfolders with a manifest."""
     found: dict[Task, list[Path]] = {}
+    if not root.is_dir():
+        return found
     candidates = [root] if (root / "manifest.json").is_file() else sorted(p.parent for p in root.glob("*/manifest.json"))
     for c in candidates:
         found.setdefault(load_manifest(c).task, []).append(c)
@@ -271,3 +269,31 @@ def _only(found: dict[Task, list[Path]], task: Task, root: Path) -> Path:
     if len(paths) != 1:
         raise ManifestError(f"expected exactly one {task.value} bundle under {root}, found {len(paths)}: {[p.name for p in paths]}; pass {task.value}= explicitly")
     return paths[0]
+
+
+def resolve_bundles(
+    root: Path | None,
+    *,
+    embedder: str | os.PathLike[str] | None = None,
+    detector: str | os.PathLike[str] | None = None,
+    with_detector: bool = True,
+    embedder_required: bool = True,
+) -> tuple[Path | None, Path | None]:
+    """The (embedder, detector) bundle folders a run uses: explicit folders win; otherwise exactly
+    one embedder and at most one detector under ``root`` (e.g. ``mobile_assets/``).
+
+    ``embedder_required=False`` returns ``None`` instead of failing when ``root`` has no embedder
+    (callers with a fallback, like the demo).
+    """
+    need_scan = root is not None and (embedder is None or (with_detector and detector is None))
+    found = find_bundles(root) if need_scan else {}  # type: ignore[arg-type]
+    if embedder is None:
+        if root is None:
+            raise ManifestError("no embedder bundle given")
+        if embedder_required or found.get(Task.EMBEDDER):
+            embedder = _only(found, Task.EMBEDDER, root)
+    if not with_detector:
+        detector = None
+    elif detector is None and found.get(Task.DETECTOR):
+        detector = _only(found, Task.DETECTOR, root)  # type: ignore[arg-type]
+    return (Path(embedder) if embedder else None), (Path(detector) if detector else None)

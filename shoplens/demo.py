@@ -205,17 +205,13 @@ def run_demo(
     from shoplens.contract.manifest import load_manifest
     from shoplens.sdk.client import ShoplensClient
     from shoplens.sdk.importer import ApiSink, import_catalog
-    from shoplens.sdk.report import ReportCard, annotate, render_html
-    from shoplens.sdk.images import load_rgb
-    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, _bundles_under, _only
-    from shoplens.contract.manifest import Task
+    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, resolve_bundles
     from shoplens.settings import Settings
 
     look = grocery_store()
     data = load_grocery(look.path or fetch_grocery_store(), products)
-    found = _bundles_under(bundle_dir) if bundle_dir.is_dir() else {}
-    embedder = _only(found, Task.EMBEDDER, bundle_dir) if found.get(Task.EMBEDDER) else _reference_embedder(workdir)
-    detector = _only(found, Task.DETECTOR, bundle_dir) if found.get(Task.DETECTOR) else None
+    embedder, detector = resolve_bundles(bundle_dir, embedder_required=False)
+    embedder = embedder or _reference_embedder(workdir)
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
     tag = (f"-{products}p" if products else "") + (f"-det{min_box:g}" if catalog_detect and detector else "")
@@ -273,13 +269,16 @@ def run_demo(
         report=str(report_path),
         detector_crops=sum(o.source == "detector" for o in outcomes),
     )
-    _write_report(report_path, demo, outcomes[:report_cards], annotate, load_rgb, ReportCard, render_html)
+    _write_report(report_path, demo, outcomes[:report_cards])
     (workdir / "last_summary.json").write_text(json.dumps(demo.__dict__, indent=2, default=str))
     return demo
 
 
-def _write_report(path: Path, demo: DemoSummary, outcomes: list[QueryOutcome], annotate: Any, load_rgb: Any, ReportCard: Any, render_html: Any) -> None:
+def _write_report(path: Path, demo: DemoSummary, outcomes: list[QueryOutcome]) -> None:
     import html as h
+
+    from shoplens.sdk.images import load_rgb
+    from shoplens.sdk.report import ReportCard, annotate, render_html
 
     cards = []
     for o in outcomes:

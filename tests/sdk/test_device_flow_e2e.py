@@ -15,17 +15,8 @@ from live_service import ADMIN_KEY, DEVICE_KEY, live_service
 from scripted_http import Scripted, ScriptedServer
 from shoplens.sdk.client import ShoplensClient
 from shoplens.sdk.runtime import DeviceRuntime
-from shoplens.sdk.wrap import wrap_tflite_embedder
 
-MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 N_PRODUCTS = 15
-
-
-@pytest.fixture(scope="module")
-def mobilenet_bundle(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mobilenet")
-    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, out, name="mobilenet-v1-imagenet", link=True)
-    return out
 
 
 def _products(grocery_dir: Path) -> list[dict]:

@@ -14,9 +14,7 @@ import httpx
 import pytest
 
 from live_service import ADMIN_KEY, live_service
-from shoplens.sdk.wrap import wrap_tflite_embedder
 
-MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 N_IMAGES = 240
 
 
@@ -55,9 +53,8 @@ def _snapshot(url: str, products: set[str]) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_import_then_rerun(tmp_path: Path, grocery_dir: Path, shared_dir: Path) -> None:
-    bundle = tmp_path / "mobilenet"
-    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, bundle, name="mobilenet-v1-imagenet", link=True)
+def test_sigkill_mid_import_then_rerun(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    bundle = mobilenet_bundle
     cat = _catalog(tmp_path, grocery_dir)
     products = {json.loads(line)["product_id"] for line in cat.read_text().splitlines()}
 

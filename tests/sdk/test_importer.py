@@ -13,16 +13,7 @@ import pytest
 
 from shoplens.sdk.catalog import CatalogError, read_catalog
 from shoplens.sdk.importer import import_catalog, image_id_for
-from shoplens.sdk.wrap import wrap_tflite_embedder
 
-MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
-
-
-@pytest.fixture(scope="module")
-def mobilenet_bundle(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mobilenet")
-    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, out, name="mobilenet-v1-imagenet", link=True)
-    return out
 
 
 def _iconic(grocery_dir: Path, n: int) -> list[tuple[str, Path]]:

@@ -16,16 +16,13 @@ from shoplens.sdk.client import ShoplensClient
 from shoplens.sdk.errors import ModelMismatchError
 from shoplens.sdk.runtime import Embedder
 from shoplens.sdk.images import load_rgb
-from shoplens.sdk.wrap import wrap_tflite_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
-MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 
 
 @pytest.mark.slow
-def test_reindex_from_catalog_swaps_models(tmp_path: Path, grocery_dir: Path, shared_dir: Path) -> None:
-    old_bundle = tmp_path / "mobilenet"
-    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, old_bundle, name="mobilenet-v1-imagenet", link=True)
+def test_reindex_from_catalog_swaps_models(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    old_bundle = mobilenet_bundle
     new_bundle = ROOT / "mobile_assets" / "resnet50v2-s3-256"
     old_id, new_id = load_manifest(old_bundle).embedder.model_id, load_manifest(new_bundle).embedder.model_id
     lines = (grocery_dir / "train.txt").read_text().splitlines()[::90][:30]

@@ -13,16 +13,7 @@ from shoplens.contract.errors import ManifestError
 from shoplens.contract.manifest import load_manifest
 from shoplens.sdk.images import ImageError, load_rgb
 from shoplens.sdk.runtime import DeviceRuntime, Embedder, FlowOptions, crop_with_margin
-from shoplens.sdk.wrap import wrap_tflite_embedder
 
-MOBILENET = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
-
-
-@pytest.fixture(scope="module")
-def mobilenet_bundle(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mobilenet")
-    wrap_tflite_embedder(shared_dir / "weights" / MOBILENET, out, name="mobilenet-v1-imagenet", link=True)
-    return out
 
 
 def _photos(grocery_dir: Path, n: int) -> list[Path]:
@@ -137,3 +128,22 @@ def test_shipped_bundles_run_the_whole_flow(coco8_dir: Path, grocery_dir: Path) 
         assert abs(float(np.linalg.norm(o.vector)) - 1) < 1e-5
     assert res.model_id == load_manifest(root / "resnet50v2-s3-256").embedder.model_id
     assert res.payload_bytes == 344 * len(res.objects)
+
+
+def test_resolve_bundles(mobilenet_bundle: Path, tmp_path: Path) -> None:
+    from shoplens.sdk.runtime import resolve_bundles
+
+    root = Path(__file__).resolve().parents[2] / "mobile_assets"
+    emb, det = resolve_bundles(root)
+    assert emb.name == "resnet50v2-s3-256" and det.name == "yolov8n"
+    assert resolve_bundles(root, embedder=mobilenet_bundle) == (mobilenet_bundle, det)  # explicit wins
+    assert resolve_bundles(root, with_detector=False)[1] is None
+    assert resolve_bundles(tmp_path, embedder_required=False) == (None, None)  # the demo's fallback case
+    with pytest.raises(ManifestError, match="exactly one embedder bundle"):
+        resolve_bundles(tmp_path)
+    (tmp_path / "a").symlink_to(mobilenet_bundle)
+    (tmp_path / "b").symlink_to(mobilenet_bundle)
+    with pytest.raises(ManifestError, match="found 2"):
+        resolve_bundles(tmp_path)
+    with pytest.raises(ManifestError, match="no embedder bundle given"):
+        resolve_bundles(None)
