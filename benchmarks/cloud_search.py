@@ -10,7 +10,9 @@ Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qp
 Data: clustered synthetic 256-d unit vectors (seeded): ``n/50`` centres, each row a centre
 plus Gaussian noise; queries are noisy copies of random rows. Every row is its own product,
 so grouping never changes the top 10 and recall@10 is against exact numpy search over images.
-The HTTP side is a real ``shoplens serve`` (uvicorn, one worker) subprocess on 127.0.0.1;
+The HTTP side is a real ``shoplens serve`` (uvicorn, one worker) subprocess on 127.0.0.1,
+driven by minimal keep-alive stdlib clients (``KeepAliveClient``: httpx itself cost ~5 ms CPU
+per request on this 2-core machine, more than the service);
 "bare" is the same Milvus through pymilvus with no HTTP; faiss HNSW runs in this process.
 Results are merged into ``benchmarks/results/cloud_search.json`` (one row per backend x n).
 """
@@ -94,6 +96,42 @@ def rss_mb(pid: int, children: bool = True) -> float:
         return sum(x.memory_info().rss for x in procs) / 2**20
     except psutil.Error:
         return float("nan")
+
+
+class KeepAliveClient:
+    """A minimal keep-alive HTTP/1.1 client (stdlib http.client) for load generation.
+
+    The service's clients are phones, so the load generator's own CPU is not part of
+    the service's cost; on a 2-core machine it competes with the service and Milvus.
+    Measured with benchmarks/http_overhead.py: httpx spends ~5 ms of CPU per request
+    here, this client a fraction of that (see ``loadgen`` rows in http_overhead.json).
+    """
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        import http.client
+
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self._headers = {"content-type": "application/json", **headers}
+
+    def post_json(self, path: str, body: str) -> dict:
+        import http.client
+
+        for attempt in (1, 2):  # uvicorn closes idle keep-alive connections after 5 s: reconnect once
+            try:
+                self._conn.request("POST", path, body=body.encode(), headers=self._headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self._conn.close()
+                if attempt == 2:
+                    raise
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {data[:300]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def concurrent_qps(fn, queries: np.ndarray, clients: int, seconds: float) -> float:
@@ -240,13 +278,10 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("serve did not start: " + (work / "serve.log").read_text()[-2000:])
                 time.sleep(0.3)
-            clients = [httpx.Client(base_url=base, headers={"X-API-Key": DEVICE, "content-type": "application/json"},
-                                    timeout=60) for _ in range(args.clients)]
+            clients = [KeepAliveClient(port, {"X-API-Key": DEVICE}) for _ in range(args.clients)]
 
             def http_search(i: int, body: str) -> list[int]:
-                r = clients[i].post("/v1/search", content=body)
-                r.raise_for_status()
-                return [int(h["image_id"]) for h in r.json()["hits"]]
+                return [int(h["image_id"]) for h in clients[i].post_json("/v1/search", body)["hits"]]
 
             for b in qbodies[:100]:
                 http_search(0, b)

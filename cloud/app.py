@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -86,6 +86,7 @@ class Stats(BaseModel):
     grouping: str
     model_id: str | None
     collection: str | None
+    vector_storage: str | None = Field(default=None, description="f32 or f16: how the served collection stores vectors")
     rows: int
     warnings: list[str]
 
@@ -100,6 +101,7 @@ class CollectionInfo(BaseModel):
     collection: str
     model_id: str
     dim: int
+    vector_storage: str = "f32"
     active: bool
 
 
@@ -182,8 +184,10 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.shoplens  # type: ignore[no-any-return]
 
 
-def _guard(need: Role) -> Callable[[Request], Principal]:
-    def dependency(request: Request) -> Principal:
+def _guard(need: Role) -> Callable[[Request], Awaitable[Principal]]:
+    # async on purpose: a sync dependency costs a thread-pool hop per request before the
+    # endpoint's own hop to Milvus (measured in benchmarks/http_overhead.py); this is CPU-only
+    async def dependency(request: Request) -> Principal:
         st = _state(request)
         principal = st.keys.authenticate(request, need=need)
         st.limiter.take(principal.key_id)
@@ -383,7 +387,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             b = state.store.create_collection(body.model_id, activate=body.activate)
         current = state.store.binding(refresh=True)
         return CollectionInfo(
-            collection=b.collection, model_id=b.model_id, dim=b.dim,
+            collection=b.collection, model_id=b.model_id, dim=b.dim, vector_storage=b.storage,
             active=current is not None and current.collection == b.collection,
         )
 
@@ -391,7 +395,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def activate_collection(name: str, _: Principal = Depends(require_admin)) -> CollectionInfo:
         """Swap the alias to this collection (atomic); the previous one is kept until deleted."""
         b = state.store.activate(name)
-        return CollectionInfo(collection=b.collection, model_id=b.model_id, dim=b.dim, active=True)
+        return CollectionInfo(collection=b.collection, model_id=b.model_id, dim=b.dim, vector_storage=b.storage, active=True)
 
     @app.delete("/v1/catalog/collections/{name}", response_model=DeleteResult, tags=["admin"])
     def drop_collection(name: str, _: Principal = Depends(require_admin)) -> DeleteResult:
@@ -422,7 +426,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         binding = state.store.binding(refresh=True)
         rows = state.store.count(binding) if binding else 0
         state.metrics.catalog_rows.set(rows)
-        warning = state.lite_warning(rows)
+        warnings = [w for w in (state.lite_warning(rows), state.store.storage_problem(settings.vector_storage)) if w]
         return Stats(
             alias=state.store.alias,
             backend=caps.backend,
@@ -430,8 +434,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grouping="native" if caps.native_grouping else "overfetch",
             model_id=binding.model_id if binding else None,
             collection=binding.collection if binding else None,
+            vector_storage=binding.storage if binding else None,
             rows=rows,
-            warnings=[warning] if warning else [],
+            warnings=warnings,
         )
 
     # The last added is outermost: metrics see every answer, including the 413s of the body cap.

@@ -37,21 +37,34 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="Bind address (use 0.0.0.0 only behind a proxy/firewall)."),
         port: int = typer.Option(8000, help="TCP port."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
+        workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                    help="Worker processes (Milvus server/cluster only: a Lite file is locked to one process). "
+                                         "See docs/cloud.md before raising it on a small machine."),
     ) -> None:
         """Run the search service (FastAPI + uvicorn) over the Milvus in SHOPLENS_MILVUS_URI.
 
-        One worker: a Milvus Lite file is locked to one process, and the
-        service's work is I/O-bound on Milvus (see docs/cloud.md).
+        One worker by default: a Milvus Lite file is locked to one process, and the
+        service's work is I/O-bound on Milvus (measured: docs/cloud.md). uvloop and
+        httptools (in the `cloud` extra) are used when installed.
         """
         import logging
 
         import uvicorn
 
-        from shoplens.cloud.app import create_app
         from shoplens.settings import get_settings
 
+        settings = get_settings()
+        if workers > 1 and settings.milvus_is_lite:
+            raise typer.BadParameter(
+                f"a Milvus Lite file ({settings.milvus_uri}) is locked to one process; use --workers 1, "
+                "or point SHOPLENS_MILVUS_URI at a Milvus server", param_hint="--workers")
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level, workers=1)
+        if workers == 1:
+            from shoplens.cloud.app import create_app
+
+            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+        else:  # each worker process builds its own app (and Milvus connection) from the same environment
+            uvicorn.run("shoplens.cloud.app:create_app", factory=True, host=host, port=port, log_level=log_level, workers=workers)
 
     @app.command()
     def reindex(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymilvus import MilvusClient
+from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusUnavailableException
 
 from shoplens.contract.errors import ErrorCode
@@ -49,6 +49,7 @@ class Binding:
     model_id: str
     dim: int
     metric: str
+    storage: str = "f32"  # how the collection stores vectors (schema.STORAGE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class CatalogStore:
         self._binding: Binding | None = None
         self._binding_at = 0.0
         self._loaded: set[str] = set()
+        self._storage_checked: dict[str, str | None] = {}  # storage -> None (works) or why not
 
     # ---- connection -------------------------------------------------------------------
 
@@ -237,6 +239,7 @@ class CatalogStore:
             model_id=str(model_id),
             dim=int(props.get(cs.PROP_DIM, model_id_dim(str(model_id)))),
             metric=str(props.get(cs.PROP_METRIC, cs.METRIC)),
+            storage=str(props.get(cs.PROP_STORAGE, "f32")),
         )
 
     def binding(self, *, refresh: bool = False) -> Binding | None:
@@ -267,16 +270,73 @@ class CatalogStore:
             )
         return binding
 
+    def storage_problem(self, storage: str) -> str | None:
+        """None if this backend stores ``storage`` vectors end to end, else why not (probed once per process).
+
+        Detected, not assumed from a version table: Milvus Lite 3.2 rejects
+        FLOAT16_VECTOR; a 2.3.5 server stores it but its searches return wrong
+        neighbours (with pymilvus 3.0.2); a 2.3.5 server accepts an INT8_VECTOR
+        schema only to fail at insert. The probe creates a throw-away 16-d
+        collection with the configured index, inserts, checks that two rows find
+        themselves with cosine 1, and drops it.
+        """
+        if storage == "f32":
+            return None
+        if storage in self._storage_checked:
+            return self._storage_checked[storage]
+        field_type, dtype = cs.STORAGE_TYPES[storage]
+        name = f"{self.alias}__probe_{storage}_{time.time_ns()}"
+        problem: str | None = None
+        with self._call("probe_storage") as c:
+            try:
+                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field("id", DataType.INT64, is_primary=True)
+                schema.add_field(cs.VECTOR, field_type, dim=16)
+                index = cs.build_index_params(c, lite=self.lite, index_type=self.settings.index_type,
+                                              params=self.settings.index_params)
+                c.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+                rng = np.random.default_rng(0)
+                x = rng.normal(size=(16, 16))
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                c.insert(name, [{"id": i, cs.VECTOR: x[i].astype(dtype)} for i in range(len(x))])
+                hits = c.search(name, data=cs.as_stored(x[[3, 11]], storage), limit=2, anns_field=cs.VECTOR,
+                                consistency_level="Strong", search_params={"metric_type": cs.METRIC, "params": {}})
+                got = [(int(h[0]["id"]), round(float(h[0]["distance"]), 3)) for h in hits if h]
+                if [g[0] for g in got] != [3, 11] or any(abs(g[1] - 1.0) > 1e-2 for g in got):
+                    # measured on a 2.3.5 server with pymilvus 3.0.2: rows are stored intact, but a
+                    # search finds the wrong neighbours or a self-similarity of ~0.6
+                    problem = (f"{field_type.name} stores but searches wrongly on {self.capabilities.backend} "
+                               f"{self.capabilities.server_version} (self-search gave {got}, expected [(3, 1.0), (11, 1.0)])")
+            except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
+                problem = f"{field_type.name} not usable on {self.capabilities.backend} {self.capabilities.server_version}: " + \
+                    (str(getattr(exc, "message", "") or exc).splitlines() or [type(exc).__name__])[0][:200]
+            finally:
+                try:
+                    if c.has_collection(name):
+                        c.drop_collection(name)
+                except Exception:  # noqa: BLE001 - a leftover probe collection is harmless
+                    log.warning("could not drop probe collection %s", name)
+        if problem:
+            log.warning("vector storage %s unavailable, new collections store f32: %s", storage, problem)
+        self._storage_checked[storage] = problem
+        return problem
+
+    def storage_for_new_collections(self) -> str:
+        """The configured vector storage if this backend supports it, else f32."""
+        wanted = self.settings.vector_storage
+        return wanted if self.storage_problem(wanted) is None else "f32"
+
     def create_collection(self, model_id: str, *, activate: bool = False) -> Binding:
         """A new, empty collection for ``model_id``; bound to the alias if ``activate`` or none is bound yet."""
         if not is_valid_model_id(model_id):
             raise ApiError(ErrorCode.VALIDATION_ERROR, f"not a shoplens model id: {model_id!r}")
         dim = model_id_dim(model_id)
         name = cs.collection_name(self.alias, model_id)
+        storage = self.storage_for_new_collections()
         with self._call("create_collection") as c:
             c.create_collection(
                 name,
-                schema=cs.build_schema(dim),
+                schema=cs.build_schema(dim, storage),
                 index_params=cs.build_index_params(
                     c, lite=self.lite, index_type=self.settings.index_type, params=self.settings.index_params
                 ),
@@ -286,11 +346,12 @@ class CatalogStore:
                     cs.PROP_DIM: str(dim),
                     cs.PROP_METRIC: cs.METRIC,
                     cs.PROP_ALIAS: self.alias,
+                    cs.PROP_STORAGE: storage,
                 },
             )
             self._ensure_loaded(c, name)
-        log.info("created collection %s for model %s (dim %d)", name, model_id, dim)
-        binding = Binding(self.alias, name, model_id, dim, cs.METRIC)
+        log.info("created collection %s for model %s (dim %d, %s vectors)", name, model_id, dim, storage)
+        binding = Binding(self.alias, name, model_id, dim, cs.METRIC, storage)
         if activate or self.binding(refresh=True) is None:
             self.activate(name)
         return binding
@@ -309,6 +370,7 @@ class CatalogStore:
                         "collection": name,
                         "model_id": props.get(cs.PROP_MODEL_ID),
                         "dim": int(props.get(cs.PROP_DIM, 0)),
+                        "vector_storage": str(props.get(cs.PROP_STORAGE, "f32")),
                         "active": current is not None and current.collection == name,
                     }
                 )
@@ -363,7 +425,7 @@ class CatalogStore:
         exactly until that write is searchable, and no longer. Strong would
         wait for the next time tick (~200 ms on a 2.3 server) on every search.
         """
-        rows = [cs.image_to_row(img, binding.dim, i) for i, img in enumerate(images)]
+        rows = [cs.image_to_row(img, binding.dim, i, binding.storage) for i, img in enumerate(images)]
         with self._call("upsert") as c:
             result = c.upsert(binding.collection, rows)
         return int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
@@ -449,13 +511,15 @@ class CatalogStore:
         params = dict(self.settings.search_params)
         if "ef" in params:  # HNSW needs ef >= limit
             params["ef"] = max(int(params["ef"]), limit)
+        if "search_list" in params:  # DiskANN needs search_list >= limit
+            params["search_list"] = max(int(params["search_list"]), limit)
         kwargs: dict[str, Any] = {}
         if native:
             kwargs["group_by_field"] = "product_id"
         with self._call("search") as c:
             raw = c.search(
                 binding.collection,
-                data=vectors.astype(np.float32).tolist(),
+                data=cs.as_stored(vectors, binding.storage),
                 filter=expr,
                 limit=limit,
                 output_fields=cs.OUTPUT_FIELDS,

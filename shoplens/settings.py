@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default_factory=lambda: {"M": 16, "efConstruction": 128}, description="build parameters of index_type"
     )
     search_params: dict[str, Any] = Field(default_factory=lambda: {"ef": 64}, description="per-query index params")
+    vector_storage: Literal["f32", "f16"] = Field(
+        default="f32",
+        description="how new collections store vectors: f16 halves vector memory and disk where the backend "
+        "supports FLOAT16_VECTOR (probed once; otherwise f32, with the reason in /v1/stats)",
+    )
     overfetch_factor: int = Field(default=4, ge=1, le=20, description="hits fetched per requested product without native grouping")
     rate_limit_per_s: float = Field(default=50.0, gt=0, description="token-bucket refill per API key (requests/s)")
     rate_limit_burst: int = Field(default=100, ge=1, description="token-bucket size per API key")

@@ -22,8 +22,8 @@ from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, free_port, query
 pytestmark = pytest.mark.slow
 
 
-def _start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+def _start(env: dict[str, str], port: int, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,3 +141,31 @@ def test_reindex_through_a_running_lite_service(server, catalog, tmp_path):
         r = http.post("/v1/search", json={**query(catalog.centres[1] @ rot), "model_id": MODEL_NEXT}, headers=DEVICE_H)
         assert r.status_code == 200 and r.json()["hits"][0]["product_id"] == "prod-1"
         assert [m["model_id"] for m in http.get("/v1/models", headers=DEVICE_H).json()["models"]] == [MODEL_NEXT]
+
+
+def test_workers_refused_on_a_lite_file(serve_env, tmp_path):
+    cmd = [sys.executable, "-m", "shoplens", "serve", "--port", str(free_port()), "--workers", "2"]
+    res = subprocess.run(cmd, env=serve_env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "locked to one process" in res.stderr and "--workers" in res.stderr
+
+
+@pytest.mark.milvus_server
+def test_two_workers_serve_one_milvus_server(milvus_server, serve_env, catalog, tmp_path):
+    env = dict(serve_env, SHOPLENS_MILVUS_URI=milvus_server.uri, SHOPLENS_COLLECTION="served_two_workers")
+    port = free_port()
+    proc = _start(env, port, tmp_path / "serve.log", "--workers", "2")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.put(f"{base}/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H, timeout=30).status_code == 200
+        for i in range(30):  # fresh connections: the kernel spreads them over both processes
+            v = catalog.vectors[f"img-{i % 12}-0"]
+            r = httpx.post(f"{base}/v1/search", json=query(v, top_k=3), headers=DEVICE_H, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.json()["hits"][0]["product_id"] == f"prod-{i % 12}"  # every worker sees the writes
+        import psutil
+
+        workers = {c.pid for c in psutil.Process(proc.pid).children(recursive=True) if "python" in c.name()}
+        assert len(workers) >= 2
+    finally:
+        _stop(proc)
