@@ -34,7 +34,16 @@ from shoplens.contract.manifest import (
     save_manifest,
 )
 from shoplens.converters.detector_coreml import COREML_PRECISIONS, check_coreml_spec, coreml_io_specs, export_coreml
-from shoplens.converters.detector_parity import ArtifactResult, EvalSet, ParityRun, Predictor, load_eval_set, thresholds_for, write_report
+from shoplens.converters.detector_parity import (
+    SCORE_TOLERANCE,
+    ArtifactResult,
+    EvalSet,
+    ParityRun,
+    Predictor,
+    load_eval_set,
+    thresholds_for,
+    write_report,
+)
 from shoplens.converters.detector_runners import coreml_predictor, tflite_predictor, torch_predictor
 from shoplens.converters.detector_tflite import TFLITE_PRECISIONS, ConversionError, Exported, collect_images, export_tflite, tflite_io_specs
 from shoplens.converters.yolo_reference import TorchDetector, load_torch_detector
@@ -63,7 +72,8 @@ class DetectorConvertOptions:
     coreml_nms: bool = True
     eval_labelled: list[Path] = field(default_factory=list)
     eval_extra: list[Path] = field(default_factory=list)
-    eval_extra_max: int = 8
+    eval_extra_max: int = 56  # with coco8's 8: 64 photos, ~400 reference boxes (16 photos gave ~76: one box = 1.3 points)
+    score_tolerance: float = SCORE_TOLERANCE
     thresholds: dict[str, float] = field(default_factory=dict)  # overrides for every precision
     name: str | None = None
 
@@ -150,7 +160,7 @@ def convert_detector(opts: DetectorConvertOptions) -> ConvertResult:
 
     labelled, extra = (opts.eval_labelled, opts.eval_extra) if (opts.eval_labelled or opts.eval_extra) else default_eval_dirs()
     evalset = load_eval_set(labelled, extra, opts.eval_extra_max)
-    parity = ParityRun(evalset, opts.imgsz, torch_predictor(ref), opts.conf, opts.iou)
+    parity = ParityRun(evalset, opts.imgsz, torch_predictor(ref), opts.conf, opts.iou, opts.score_tolerance)
     calib_dirs = opts.calib or default_calib_dirs()
     needs_calib = any(f is ArtifactFormat.TFLITE and p is Precision.INT8 for f, p in plan)
     calib_images = collect_images(calib_dirs, opts.calib_max) if needs_calib else []

@@ -55,7 +55,8 @@ def detector_command(
     coreml_nms: bool = typer.Option(True, "--coreml-nms/--no-coreml-nms", help="CoreML as the Vision pipeline with Apple's NMS (boxes + confidences out)."),
     eval_labelled: list[Path] = typer.Option([], help="Labelled YOLO images for mAP50 (images/ + labels/). Default: coco8."),
     eval_extra: list[Path] = typer.Option([], help="Unlabelled photos for agreement. Default: Grocery Store val photos."),
-    eval_extra_max: int = typer.Option(8, help="Use at most this many extra photos per folder."),
+    eval_extra_max: int = typer.Option(56, help="Use at most this many extra photos per folder (evenly sampled)."),
+    score_tolerance: float = typer.Option(0.05, min=0.0, max=0.5, help="Agreement: a detection counts as reproduced if the other side scores it >= threshold - this (strict rates are reported too)."),
     gate: list[str] = typer.Option([], help="Override a parity threshold for every precision, e.g. --gate match_rate_min=0.85 (keys: match_rate_min, score_mae_max, map50_drop_max)."),
     name: Optional[str] = typer.Option(None, help="Bundle name in the manifest (default: the --out folder name)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each step."),
@@ -83,6 +84,7 @@ def detector_command(
         eval_labelled=list(eval_labelled),
         eval_extra=list(eval_extra),
         eval_extra_max=eval_extra_max,
+        score_tolerance=score_tolerance,
         thresholds=_parse_thresholds(gate),
         name=name,
     )

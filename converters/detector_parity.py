@@ -34,6 +34,8 @@ from shoplens.sdk.yolo_decode import Detections
 
 #: ultralytics' validation thresholds: mAP needs the low-confidence tail
 MAP_CONF, MAP_IOU = 0.001, 0.7
+#: a detection counts as reproduced if the other side scores it >= threshold - this (see Agreement)
+SCORE_TOLERANCE = 0.05
 
 #: default gate per precision (override any key from the CLI). Float artifacts must be
 #: near-identical; int8 gets a measured margin (see docs/converters.md for the numbers).
@@ -134,12 +136,16 @@ class ArtifactResult:
 class ParityRun:
     """Reference detections computed once per photo, then any number of artifacts judged against them."""
 
-    def __init__(self, evalset: EvalSet, imgsz: int, reference: Predictor, conf: float, iou: float) -> None:
+    def __init__(self, evalset: EvalSet, imgsz: int, reference: Predictor, conf: float, iou: float,
+                 score_tolerance: float = SCORE_TOLERANCE) -> None:
         self.evalset, self.imgsz, self.conf, self.iou = evalset, imgsz, conf, iou
+        self.score_tolerance = score_tolerance
+        self.conf_low = max(0.0, conf - score_tolerance)
         self.inputs: list[tuple[np.ndarray, Letterbox]] = [letterbox(im.rgb, imgsz, imgsz) for im in evalset.images]
         t0 = time.perf_counter()
         raws = [reference.infer(self._nchw(i)) for i in range(len(self.inputs))]
         self.ref_dets = [reference.decode(r, geo, conf, iou) for r, (_, geo) in zip(raws, self.inputs)]
+        self.ref_low = [reference.decode(r, geo, self.conf_low, iou) for r, (_, geo) in zip(raws, self.inputs)]
         self.ref_map = self._map(reference, raws)
         self.reference_seconds = time.perf_counter() - t0
 
@@ -165,14 +171,16 @@ class ParityRun:
         seconds = time.perf_counter() - t0
         for i, im in enumerate(self.evalset.images):
             cand = predictor.decode(raws[i], self.inputs[i][1], self.conf, self.iou)
+            cand_low = predictor.decode(raws[i], self.inputs[i][1], self.conf_low, self.iou)
             before = agree.matched
-            agree.add(self.ref_dets[i], cand)
+            agree.add(self.ref_dets[i], cand, self.ref_low[i], cand_low)
             per_image.append(
                 {"image": im.path.name, "source": im.source, "reference": len(self.ref_dets[i]), "artifact": len(cand), "matched": agree.matched - before}
             )
         metrics = agree.metrics()
         cand_map = self._map(predictor, raws)
         metrics.update(
+            score_tolerance=self.score_tolerance,
             map50=cand_map,
             map50_reference=self.ref_map,
             map50_drop=self.ref_map - cand_map,
@@ -225,7 +233,7 @@ def write_report(result: ArtifactResult, bundle_dir: Path, stem: str, context: d
         "|---|---|---|",
     ]
     bounds = {k.rsplit("_", 1)[0]: (k.rsplit("_", 1)[1], v) for k, v in result.thresholds.items()}
-    for key in ("match_rate", "match_rate_confident", "precision_vs_ref", "score_mae", "score_max_err", "mean_iou", "map50", "map50_reference", "map50_drop"):
+    for key in ("match_rate", "match_rate_strict", "match_rate_confident", "precision_vs_ref", "precision_vs_ref_strict", "score_mae", "score_max_err", "mean_iou", "map50", "map50_reference", "map50_drop"):
         if key in m:
             b = bounds.get(key)
             lines.append(f"| {key} | {m[key]:.4f} | {('>= ' if b[0] == 'min' else '<= ') + str(b[1]) if b else ''} |")

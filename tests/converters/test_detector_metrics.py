@@ -87,3 +87,24 @@ def test_confident_match_rate_separates_near_threshold_misses() -> None:
     a.add(ref, _det([[0, 0, 10, 10]], [0.88], [1]))  # only the near-threshold box is missing
     m = a.metrics()
     assert m["match_rate"] == pytest.approx(0.5) and m["match_rate_confident"] == pytest.approx(1.0)
+
+
+def test_score_tolerance_separates_threshold_flicker_from_lost_boxes() -> None:
+    ref = _det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.26], [1, 1])
+    cand_low = _det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.88, 0.24], [1, 1])  # decoded at 0.25 - 0.05
+    cand = _det([[0, 0, 10, 10]], [0.88], [1])  # the same outputs at 0.25: box 2 slipped under the threshold
+    a = Agreement()
+    a.add(ref, cand, ref_low=ref, cand_low=cand_low)
+    m = a.metrics()
+    assert m["match_rate"] == pytest.approx(1.0) and m["match_rate_strict"] == pytest.approx(0.5)
+    assert m["score_mae"] == pytest.approx(0.02, abs=1e-6)  # the flicker's score error is still measured
+    assert m["precision_vs_ref"] == pytest.approx(1.0)
+
+    lost = Agreement()  # a box the artifact does not have at any score near the threshold is still a miss
+    lost.add(ref, cand, ref_low=ref, cand_low=cand)
+    assert lost.metrics()["match_rate"] == pytest.approx(0.5)
+
+    extra = Agreement()  # a box only the artifact sees counts against precision_vs_ref
+    spurious = _det([[0, 0, 10, 10], [50, 50, 60, 60]], [0.88, 0.4], [1, 2])
+    extra.add(ref, spurious, ref_low=ref, cand_low=spurious)
+    assert extra.metrics()["precision_vs_ref"] == pytest.approx(0.5)
