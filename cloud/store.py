@@ -99,6 +99,10 @@ def native_grouping_supported(version: str) -> bool:
     return parsed is not None and parsed >= (2, 4, 0)
 
 
+#: FLOAT16_VECTOR is trusted from this server version on (see CatalogStore.storage_problem)
+F16_MIN_SERVER = (2, 4, 0)
+
+
 class CatalogStore:
     """Thread-safe facade over one ``MilvusClient`` (pymilvus clients are safe to share)."""
 
@@ -273,20 +277,30 @@ class CatalogStore:
     def storage_problem(self, storage: str) -> str | None:
         """None if this backend stores ``storage`` vectors end to end, else why not (probed once per process).
 
-        Detected, not assumed from a version table: Milvus Lite 3.2 rejects
-        FLOAT16_VECTOR; a 2.3.5 server stores it but its searches return wrong
-        neighbours (with pymilvus 3.0.2); a 2.3.5 server accepts an INT8_VECTOR
-        schema only to fail at insert. The probe creates a throw-away 16-d
-        collection with the configured index, inserts, checks that two rows find
-        themselves with cosine 1, and drops it.
+        Measured here: Milvus Lite 3.2 rejects FLOAT16_VECTOR; a 2.3.5 server
+        stores it, but its searches return wrong neighbours *intermittently*
+        (with pymilvus 3.0.2), so a probe alone could pass by luck: servers older
+        than 2.4 (where FLOAT16_VECTOR became generally available) are refused by
+        version, and everything else must pass the probe: a throw-away 16-d
+        collection with the configured index, rows inserted, two rows that must
+        find themselves with cosine 1, then dropped.
         """
         if storage == "f32":
             return None
         if storage in self._storage_checked:
             return self._storage_checked[storage]
         field_type, dtype = cs.STORAGE_TYPES[storage]
+        caps = self.capabilities
+        parsed = parse_server_version(caps.server_version)
+        if caps.backend == "server" and (parsed is None or parsed < F16_MIN_SERVER):
+            problem = (f"{field_type.name} needs a Milvus server >= {'.'.join(map(str, F16_MIN_SERVER))} "
+                       f"(this is {caps.server_version}: measured on 2.3.5, rows are stored but searches return "
+                       "wrong neighbours intermittently)")
+            log.warning("vector storage %s unavailable, new collections store f32: %s", storage, problem)
+            self._storage_checked[storage] = problem
+            return problem
         name = f"{self.alias}__probe_{storage}_{time.time_ns()}"
-        problem: str | None = None
+        problem = None
         with self._call("probe_storage") as c:
             try:
                 schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)

@@ -44,7 +44,13 @@ from shoplens.converters.detector_parity import (
     thresholds_for,
     write_report,
 )
-from shoplens.converters.detector_runners import coreml_predictor, tflite_predictor, torch_predictor
+from shoplens.converters.detector_runners import (
+    MLModelPredictor,
+    coreml_predictor,
+    mlmodel_predict_available,
+    tflite_predictor,
+    torch_predictor,
+)
 from shoplens.converters.detector_tflite import TFLITE_PRECISIONS, ConversionError, Exported, collect_images, export_tflite, tflite_io_specs
 from shoplens.converters.yolo_reference import TorchDetector, load_torch_detector
 from shoplens.resources import find_dataset, grocery_store
@@ -274,6 +280,15 @@ def _finish_artifact(
     if spec_problems:
         result.failures = spec_problems + result.failures
         result.passed = False
+    if exported.format is ArtifactFormat.COREML:
+        if mlmodel_predict_available():  # Core ML itself, on top of the op-by-op check
+            native = parity.judge(dest.name, exported.precision, MLModelPredictor(dest, ref.num_classes, nms=nms), thresholds)
+            context["mlmodel_predict"] = {"passed": native.passed, "failures": native.failures, "metrics": native.metrics}
+            if not native.passed:
+                result.failures += [f"MLModel.predict: {f}" for f in native.failures]
+                result.passed = False
+        else:
+            context["mlmodel_predict"] = "not run: Core ML executes models only on macOS (rerun the convert command there)"
     report = write_report(result, bundle, stem, context)
     entry = ArtifactManifest(
         file=dest.name,

@@ -96,6 +96,48 @@ class CoreMLPredictor(_RawYolo):
         return np.concatenate([boxes, scores], axis=1).T[None]  # -> [1, 4 + nc, N], boxes 0-1
 
 
+class MLModelPredictor(_RawYolo):
+    """Core ML itself (``MLModel.predict``): macOS only, the check the op-by-op evaluation cannot make.
+
+    An NMS pipeline's outputs are already suppressed by Apple's NMS; they are
+    handed to the SDK decoder as ``[1, 4 + nc, K]`` (its NMS is then a no-op up
+    to ties), with the pipeline's own thresholds lowered so mAP sees the tail.
+    """
+
+    def __init__(self, path: Path, num_classes: int, nms: bool) -> None:
+        super().__init__(num_classes, boxes_normalized=nms)
+        import coremltools as ct
+
+        self.nms = nms
+        self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        spec = self.model.get_spec()
+        self.inputs = {i.name for i in spec.description.input}
+        self.image_name = next(i.name for i in spec.description.input if i.type.WhichOneof("Type") == "imageType")
+
+    def infer(self, nchw01: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        rgb = np.round(nchw01[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
+        feed: dict[str, Any] = {self.image_name: Image.fromarray(rgb)}
+        if "confidenceThreshold" in self.inputs:
+            feed["confidenceThreshold"] = 0.001
+        if "iouThreshold" in self.inputs:
+            feed["iouThreshold"] = 0.7
+        outs = self.model.predict(feed)
+        if not self.nms:
+            return np.asarray(next(iter(outs.values())), np.float32)
+        boxes = np.asarray(outs["coordinates"], np.float32).reshape(-1, 4)
+        scores = np.asarray(outs["confidence"], np.float32).reshape(len(boxes), -1)
+        return np.concatenate([boxes, scores], axis=1).T[None]
+
+
+def mlmodel_predict_available() -> bool:
+    """Core ML runs models only on macOS (coremltools' predict needs the Core ML framework)."""
+    import sys
+
+    return sys.platform == "darwin"
+
+
 def torch_predictor(ref: TorchDetector) -> TorchPredictor:
     return TorchPredictor(ref)
 

@@ -198,24 +198,13 @@ def _names(weights: Path) -> list[str]:
 
 
 def _fp16_from_fp32(fp32_file: Path, work_dir: Path) -> Exported:
-    """Float16 weight storage via ai-edge-quantizer's FLOAT_CASTING weight-only recipe (fp32 compute)."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    """Float16 weight storage (shared with the embedder: ``tflite_fp16``), fp32 compute."""
+    from shoplens.converters.tflite_fp16 import cast_weights_to_fp16
 
     t0 = time.perf_counter()
-    rm = recipe_manager.RecipeManager()
-    for op in (
-        qtyping.TFLOperationName.CONV_2D,
-        qtyping.TFLOperationName.DEPTHWISE_CONV_2D,
-        qtyping.TFLOperationName.FULLY_CONNECTED,
-    ):
-        rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
-    work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / f"{fp32_file.stem}_fp16.tflite"
     try:
-        qt = quantizer.Quantizer(str(fp32_file))
-        qt.load_quantization_recipe(rm.get_quantization_recipe())
-        qt.quantize().export_model(str(out), overwrite=True)
+        cast_weights_to_fp16(fp32_file, out)
     except Exception as exc:  # noqa: BLE001
         raise ConversionError(f"fp16 weight casting with ai-edge-quantizer failed: {exc}") from exc
     return Exported(

@@ -159,7 +159,7 @@ def eval_cmd(
 def convert_embedder(
     checkpoint: Path = typer.Option(..., help="fp32 embedder checkpoint (shoplens embedder train / fit-head)."),
     targets: str = typer.Option("tflite,coreml", help="Comma list: tflite, coreml."),
-    precision: str = typer.Option("fp32,int8", help="Comma list: fp32, fp16 (CoreML), int8, w8a32 / w8 (TFLite dynamic / weight-only); prefix with a target (tflite:w8a32, coreml:int8) to limit an entry to it."),
+    precision: str = typer.Option("fp32,int8", help="Comma list: fp32, fp16 (CoreML: fp16 compute; TFLite: fp16 weights, fp32 compute), int8, w8a32 / w8 (TFLite dynamic / weight-only); prefix with a target (tflite:w8a32, coreml:int8) to limit an entry to it."),
     calib: Optional[Path] = typer.Option(None, help="Calibration images for static int8 (default: catalog images, never the parity queries)."),
     calib_count: int = typer.Option(100),
     out: Path = typer.Option(..., help="Bundle directory (manifest.json, artifacts, parity report)."),

@@ -5,7 +5,8 @@ Precisions map to ai-edge-quantizer recipes:
 - ``int8``: static int8 weights + int8 activations, calibrated on real images
   (int8 compute end to end; the output is an int8 tensor with scale/zero point);
 - ``w8a32``: dynamic-range (int8 weights, activations quantised on the fly);
-- ``w8``: weight-only int8 (dequantised at load, float compute).
+- ``w8``: weight-only int8 (dequantised at load, float compute);
+- ``fp16``: float16 weights, float compute (``tflite_fp16``, shared with the detector).
 The input stays uint8 NHWC RGB (the cast and ImageNet normalisation are in
 the graph), so a phone passes the resized crop bytes.
 """
@@ -23,7 +24,7 @@ from shoplens.converters.embedder_model import Embedder
 
 SIGNATURE = "serving_default"
 RECIPES = {"int8": "static_wi8_ai8", "w8a32": "dynamic_wi8_afp32", "w8": "weight_only_wi8_afp32"}
-TFLITE_PRECISIONS = ("fp32", *RECIPES)
+TFLITE_PRECISIONS = ("fp32", "fp16", *RECIPES)
 
 
 def export_fp32(model: Embedder, out: str | os.PathLike[str]) -> Path:
@@ -42,6 +43,10 @@ def quantize(fp32_path: str | os.PathLike[str], precision: str, out: str | os.Pa
     """Apply the recipe for ``precision``; ``calib`` yields uint8 [1,H,W,3] arrays (static int8 only)."""
     from ai_edge_quantizer import quantizer, recipe
 
+    if precision == "fp16":
+        from shoplens.converters.tflite_fp16 import cast_weights_to_fp16
+
+        return cast_weights_to_fp16(fp32_path, out)
     if precision not in RECIPES:
         raise ValueError(f"TFLite precision {precision!r} unknown; choose from {', '.join(TFLITE_PRECISIONS)}")
     q = quantizer.Quantizer(str(fp32_path), getattr(recipe, RECIPES[precision])())

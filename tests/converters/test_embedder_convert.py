@@ -40,7 +40,7 @@ def parity_data(grocery_dir: Path) -> ParityData:
 def bundle(small_checkpoint: Path, parity_data: ParityData, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("bundle") / "small-embedder"
     return convert(
-        small_checkpoint, out, targets=["tflite", "coreml"], precisions=["tflite:fp32", "int8"], parity=parity_data, calib_count=64, coreml_parity_images=8
+        small_checkpoint, out, targets=["tflite", "coreml"], precisions=["tflite:fp32", "tflite:fp16", "int8"], parity=parity_data, calib_count=64, coreml_parity_images=8
     )
 
 
@@ -53,6 +53,10 @@ def test_tflite_fp32_and_int8_agree_with_pytorch(bundle, small_checkpoint: Path)
     assert int8["cos_mean"] > 0.93, int8  # static int8 at 64 px with a PCA head; the shipped model is gated at 0.99
     assert abs(int8["recall@1"] - int8["ref_recall@1"]) <= 0.15
     assert fp32["images"] == 40 and fp32["retrieval_queries"] == 24
+    fp16 = by["embedder_fp16.tflite"]  # float16 weights, float32 arithmetic: near-identical, half the file
+    assert fp16.passed and fp16.metrics["cos_min"] > 0.999
+    sizes = {f: (bundle.bundle / f).stat().st_size for f in ("embedder_fp32.tflite", "embedder_fp16.tflite")}
+    assert sizes["embedder_fp16.tflite"] < 0.6 * sizes["embedder_fp32.tflite"]
 
 
 def test_manifest_matches_files_and_model_id(bundle, small_checkpoint: Path) -> None:
@@ -68,7 +72,7 @@ def test_manifest_matches_files_and_model_id(bundle, small_checkpoint: Path) -> 
     assert emb.shape == [1, DIM] and emb.quantization is not None  # int8 output: dequantise with scale/zero point
     assert tfl.parity is not None and tfl.publishable == tfl.parity.passed
     assert (bundle.bundle / "parity.json").is_file() and (bundle.bundle / "parity.md").is_file()
-    assert sorted(f"{a.format.value}/{a.precision.value}" for a in m.artifacts) == ["coreml/int8", "tflite/fp32", "tflite/int8"]
+    assert sorted(f"{a.format.value}/{a.precision.value}" for a in m.artifacts) == ["coreml/int8", "tflite/fp16", "tflite/fp32", "tflite/int8"]
     for prec in (Precision.INT8,):
         ml = m.artifact(ArtifactFormat.COREML, prec)
         assert ml.input.layout.value == "NCHW" and ml.input.shape == [1, 3, SIZE, SIZE]
