@@ -19,7 +19,7 @@ console = Console()
 
 _PRECISION_HELP = (
     "Comma list; prefix one with a target to limit it (tflite:fp32,coreml:int8). tflite: fp32, fp16 (float16 weights via ai-edge-quantizer, fp32 compute), int8 (static, calibrated "
-    "on --calib), w8a32 (dynamic-range int8 weights). coreml: fp32, fp16, int8 (8-bit palettised weights). "
+    "on --calib), w8a32 (dynamic-range int8 weights). coreml: fp32, fp16, int8 (8-bit linear per-channel weights, fp16 compute). "
     "w8a16 is not offered (~2.5 s/image on CPU). Unsupported target/precision pairs are skipped and listed."
 )
 

@@ -86,7 +86,7 @@ def test_parity_gate_passes_with_real_numbers(bundle) -> None:
 
 
 def test_coreml_spec_check_and_anchor_repair(bundle) -> None:
-    """The NMS pipeline is wired for Vision, and only conv weights are palettised (the anchor grid stays exact)."""
+    """The NMS pipeline is wired for Vision, and only conv weights are int8 (the anchor grid stays exact fp16)."""
     from shoplens.converters.detector_coreml import check_coreml_spec
     from shoplens.converters.mil_eval import MILEvaluator
 
@@ -96,8 +96,8 @@ def test_coreml_spec_check_and_anchor_repair(bundle) -> None:
     ok = check_coreml_spec(path, imgsz=IMGSZ, class_names=names, precision=Precision.INT8, nms=True, conf=0.25, iou=0.45)
     assert ok.passed, ok.problems
     assert ok.facts["pipeline"] == ["mlProgram", "nonMaximumSuppression"]
-    assert ok.facts["weights"]["conv"].get("palettized", 0) >= 60
-    assert all("palettized" not in v for k, v in ok.facts["weights"].items() if k != "conv")
+    assert ok.facts["weights"]["conv"].get("int8", 0) >= 60
+    assert all("int8" not in v and "palettized" not in v for k, v in ok.facts["weights"].items() if k != "conv")
     wrong = check_coreml_spec(path, imgsz=640, class_names=names, precision=Precision.FP16, nms=False, conf=0.3, iou=0.45)
     joined = " ".join(wrong.problems)
     assert "expected 640x640" in joined and "expected an ML program" in joined and "fp16 requested" in joined
