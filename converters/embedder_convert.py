@@ -226,7 +226,8 @@ def convert(
                     result.seconds[f"convert:tflite:{p}"] = time.time() - t0
                 r = gate(file, embedder_tflite.TFLiteEmbedder(out_dir / file, threads=threads))
                 inp, out = _tflite_specs(out_dir / file, size, dim)
-                notes = f"static int8 calibrated on {len(calib_batches)} images" if p == "int8" else ""
+                took = result.seconds["convert:tflite:fp32"] + result.seconds.get(f"convert:tflite:{p}", 0.0)
+                notes = (f"static int8 calibrated on {len(calib_batches)} images; " if p == "int8" else "") + f"converted in {took:.1f} s"
                 record(file, ArtifactFormat.TFLITE, Precision(p), inp, out, r, notes)
 
     if "coreml" in targets:
@@ -248,6 +249,7 @@ def convert(
             inp = InputSpec(name=spec["input"], shape=[1, 3, size, size], layout=Layout.NCHW, dtype=TensorDType.UINT8, color_order=ColorOrder.RGB, resize=ResizeMode.STRETCH)
             out = OutputSpec(name=spec["output"], shape=[1, dim], dtype=TensorDType.FLOAT16 if p != "fp32" else TensorDType.FLOAT32, role=OutputRole.EMBEDDING)
             notes = f"numeric parity: op-by-op ML program evaluation (mil_eval, fp16 emulated) on {int(r.metrics['images'])} images" if r is not None else "numeric parity pending: no ML program evaluator available"
+            notes += f"; converted in {result.seconds[f'convert:coreml:{p}']:.1f} s"
             record(file, ArtifactFormat.COREML, Precision(p), inp, out, r, notes)
 
     result.parity = results
