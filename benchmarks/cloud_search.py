@@ -5,7 +5,9 @@ Usage:
   .venv/bin/python benchmarks/cloud_search.py --backend lite --n 5000
 Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qps-seconds each),
 --m 16 --ef-construction 64 --ef 64 (HNSW, server and faiss; Lite keeps no index params), --uri
-(an existing server instead of starting the PyPI ``milvus`` one), --tag (row label).
+(an existing server instead of starting the PyPI ``milvus`` one), --tag (row label), --work DIR
+(keep the built collection and faiss index; a rerun with the same DIR measures without rebuilding),
+--build-only (with --work: insert and build, measure later, e.g. when the machine is quiet).
 
 Data: clustered synthetic 256-d unit vectors (seeded): ``n/50`` centres, each row a centre
 plus Gaussian noise; queries are noisy copies of random rows. Every row is its own product,
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_facts, print_table  # noqa: E402
@@ -169,7 +172,14 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     ap.add_argument("--tag", default="")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--note", action="append", default=[], help="a note to keep in the result file (repeatable)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the Milvus data (and faiss index) here: a rerun with the same --n/--m/--ef-construction "
+                         "reuses the built collection instead of inserting and indexing again (server backend)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="stop after insert + index build (+ faiss build) into --work; measure later with the same --work")
     args = ap.parse_args()
+    if args.build_only and not args.work:
+        ap.error("--build-only needs --work DIR (where the built collection is kept)")
 
     import httpx
 
@@ -178,7 +188,14 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     from shoplens.cloud.store import CatalogStore
     from shoplens.contract.schemas import CatalogImage
 
-    work = Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
+    keep = args.work is not None
+    work = args.work.resolve() if keep else Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    build_file = work / "build.json"
+    build_key = {"backend": args.backend, "n": args.n, "m": args.m, "ef_construction": args.ef_construction}
+    built = json.loads(build_file.read_text()) if build_file.is_file() else None
+    if built is not None and built.get("key") != build_key:
+        raise SystemExit(f"{work} holds a build for {built.get('key')}, not {build_key}: use another --work")
     server = None
     server_pid: int | None = None
     if args.backend == "server" and not args.uri:
@@ -206,29 +223,54 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         # ---- insert + index build (direct to Milvus through the service's store) ----
         store = CatalogStore(settings)
         row["server_version"] = store.ping()
-        binding = store.create_collection(MODEL, activate=True)
-        t0 = time.perf_counter()
-        batch = 1000
-        for i in range(0, args.n, batch):
-            imgs = [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
-                    for j in range(i, min(args.n, i + batch))]
-            store.upsert(binding, imgs)
-        row["insert_s"] = time.perf_counter() - t0
-        row["insert_rows_per_s"] = args.n / row["insert_s"]
-        t0 = time.perf_counter()
-        with store._call("flush") as c:  # seal segments so the index covers every row
-            c.flush(binding.collection)
-            if args.backend == "server":
-                while True:
-                    info = c.describe_index(binding.collection, "vector")
-                    if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
-                        break
-                    time.sleep(1)
-        # first query: on Lite this is where the index gets built
-        store.search(binding, q[:1], top_k=10)
-        row["index_build_s"] = time.perf_counter() - t0
-        row["index"] = (f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
-                        if args.backend == "server" else "AUTOINDEX (Lite keeps no params)")
+        if built is not None:  # a kept build (--work): reuse it, with the times measured when it was made
+            binding = store.require_binding()
+            row.update(built["row"])
+            print(f"reusing the collection built in {work} ({built['row']})")
+        else:
+            binding = store.create_collection(MODEL, activate=True)
+            t0 = time.perf_counter()
+            batch = 1000
+            for i in tqdm(range(0, args.n, batch), desc="insert", unit="batch"):
+                imgs = [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
+                        for j in range(i, min(args.n, i + batch))]
+                store.upsert(binding, imgs)
+            row["insert_s"] = time.perf_counter() - t0
+            row["insert_rows_per_s"] = args.n / row["insert_s"]
+            t0 = time.perf_counter()
+            with store._call("flush") as c:  # seal segments so the index covers every row
+                c.flush(binding.collection)
+                if args.backend == "server":
+                    while True:
+                        info = c.describe_index(binding.collection, "vector")
+                        if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
+                            break
+                        time.sleep(1)
+            # first query: on Lite this is where the index gets built
+            store.search(binding, q[:1], top_k=10)
+            row["index_build_s"] = time.perf_counter() - t0
+            row["index"] = (f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
+                            if args.backend == "server" else "AUTOINDEX (Lite keeps no params)")
+            if keep:
+                build_file.write_text(json.dumps({"key": build_key, "row": {k: row[k] for k in (
+                    "insert_s", "insert_rows_per_s", "index_build_s", "index")}}))
+        faiss_file = work / "faiss.index"
+        if not args.skip_faiss and keep and not faiss_file.is_file():
+            import faiss
+
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = args.ef_construction
+            t0 = time.perf_counter()
+            index.add(x)
+            faiss_build_s = time.perf_counter() - t0
+            faiss.write_index(index, str(faiss_file))
+            (work / "faiss.json").write_text(json.dumps({"faiss_build_s": faiss_build_s}))
+            del index
+        if args.build_only:
+            store.close()
+            print(f"built in {work}; measure with the same --work")
+            return
 
         # ---- bare pymilvus and HTTP (shoplens serve on loopback) ----
         def bare(i: int, v: np.ndarray) -> list[int]:
@@ -325,12 +367,16 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         if not args.skip_faiss:
             import faiss
 
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
-            index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = args.ef_construction
-            t0 = time.perf_counter()
-            index.add(x)
-            row["faiss_build_s"] = time.perf_counter() - t0
+            if keep and (work / "faiss.index").is_file():  # built by an earlier --build-only run
+                index = faiss.read_index(str(work / "faiss.index"))
+                row["faiss_build_s"] = json.loads((work / "faiss.json").read_text())["faiss_build_s"]
+            else:
+                faiss.omp_set_num_threads(os.cpu_count() or 1)
+                index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = args.ef_construction
+                t0 = time.perf_counter()
+                index.add(x)
+                row["faiss_build_s"] = time.perf_counter() - t0
             index.hnsw.efSearch = args.ef
             faiss.omp_set_num_threads(1)
             lat, found = [], []
@@ -347,7 +393,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     finally:
         if server is not None:
             server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     targets = []
     if args.backend == "server":
