@@ -20,8 +20,17 @@ average* (factor 0.95) of each activation's per-image min/max while
 calibrating. For YOLO's class-logit tensor that average sits near the typical
 image's best logit (~0 on product photos), so the int8 range tops out there
 and every confident score is clipped to ~0.5 (measured: all top scores of the
-coco8 photos came out 0.50). Calibration here uses the global min/max over all
-calibration images instead (what TFLite's classic converter does).
+coco8 photos came out 0.50). The detection head's tensors (and the output
+normalisation after it) therefore take the global min/max over all calibration
+images (what TFLite's classic converter does); the backbone and neck take the
+mean of the per-image min/max, which lets rare outliers clip and so leaves more
+int8 steps for typical activations. Both merges ignore the order of the images
+(ultralytics shuffles the calibration loader with an unseeded generator, so the
+quantizer's moving average gave a different file on every run). Measured on
+yolov8n at 640 (64 calibration photos; 372 reference boxes on coco8 + 56
+Grocery Store photos): box agreement 0.952 (strict 0.887), score MAE 0.048,
+mAP50 -0.1 point; global min/max everywhere: 0.944 (0.879), 0.054; moving
+average in backbone + neck: 0.941-0.952 from run to run.
 
 Keeping the head's decode tail in float (int8 weights, float compute) was
 measured and not adopted: at 320 it cut box error from ~6 to ~1.5 px, but at
@@ -127,17 +136,59 @@ def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def _global_minmax_calibration() -> Iterator[None]:
-    """While active, ai-edge-quantizer's calibrator merges per-image statistics with ``_global_min_max``."""
-    from ai_edge_quantizer import algorithm_manager
+def is_head_tensor(name: str) -> bool:
+    """A tensor of the detection head or of the export wrapper after it (litert-torch names carry the module path)."""
+    return ".head." in name or "DetectionModel" not in name
 
-    original = algorithm_manager.get_update_qsv_func
-    algorithm_manager.get_update_qsv_func = lambda *args, **kwargs: _global_min_max
+
+class _HeadGlobalBodyMeanStats:
+    """Per-tensor merge of calibration statistics: global min/max in the head, mean per-image min/max elsewhere.
+
+    Both are independent of the order the images come in (ultralytics shuffles the
+    calibration loader with an unseeded generator, and the quantizer's own moving
+    average made the same command give different int8 files: 0.941-0.952 agreement).
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[Any, Any, int]] = {}
+
+    def update(self, model_qsvs: dict[str, Any], op_qsvs: dict[str, Any], ignore: set[str]) -> set[str]:
+        import numpy as np
+
+        updated: set[str] = set()
+        for name, qsv in op_qsvs.items():
+            if name in ignore:  # already updated by an earlier op in this image's pass
+                continue
+            if is_head_tensor(name):
+                prev = model_qsvs.get(name)
+                model_qsvs[name] = qsv if prev is None else _global_min_max(prev, qsv)
+            else:
+                lo, hi, n = self._sums.get(name, (0.0, 0.0, 0))
+                # float64 sums: float32 ones rounded differently per order (scales moved ~4e-7, 2 boxes flipped)
+                lo, hi, n = lo + np.asarray(qsv["min"], np.float64), hi + np.asarray(qsv["max"], np.float64), n + 1
+                self._sums[name] = (lo, hi, n)
+                dtype = np.asarray(qsv["min"]).dtype
+                model_qsvs[name] = dict(qsv, min=(lo / n).astype(dtype), max=(hi / n).astype(dtype))
+            updated.add(name)
+        return updated
+
+
+@contextlib.contextmanager
+def _head_global_minmax_calibration() -> Iterator[None]:
+    """While active, ai-edge-quantizer's calibrator merges statistics with ``_HeadGlobalBodyMeanStats``."""
+    from ai_edge_quantizer import calibrator
+
+    original = calibrator.Calibrator._update_qsvs
+    stats = _HeadGlobalBodyMeanStats()
+
+    def update(self: Any, op_qsvs: dict[str, Any], ignore: set[str], qsv_update_func: Any) -> set[str]:
+        return stats.update(self._model_qsvs, op_qsvs, ignore)
+
+    calibrator.Calibrator._update_qsvs = update
     try:
         yield
     finally:
-        algorithm_manager.get_update_qsv_func = original
+        calibrator.Calibrator._update_qsvs = original
 
 
 def export_tflite(
@@ -171,7 +222,7 @@ def export_tflite(
         kwargs.update(quantize="w8a32")
     t0 = time.perf_counter()
     try:
-        with _global_minmax_calibration() if precision is Precision.INT8 else contextlib.nullcontext():
+        with _head_global_minmax_calibration() if precision is Precision.INT8 else contextlib.nullcontext():
             out = YOLO(str(local), task="detect").export(**kwargs)
     except Exception as exc:  # noqa: BLE001 - surface any exporter failure with context
         raise ConversionError(f"ultralytics LiteRT export ({precision.value}) failed: {exc}") from exc
@@ -182,7 +233,8 @@ def export_tflite(
     notes = {
         Precision.FP32: "float32 graph (litert-torch)",
         Precision.INT8: (
-            f"static int8 weights+activations, calibrated on {len(calib_images or [])} images (global min/max); "
+            f"static int8 weights+activations, calibrated on {len(calib_images or [])} images (head: global min/max, "
+            "backbone/neck: mean per-image min/max); "
             "float32 graph I/O"
         ),
         Precision.W8A32: "dynamic range: int8 weights, float32 activations",

@@ -12,8 +12,9 @@ from shoplens.converters.detector_tflite import (
     ConversionError,
     _fp16_from_fp32,
     _global_min_max,
-    _global_minmax_calibration,
+    _head_global_minmax_calibration,
     collect_images,
+    is_head_tensor,
     tflite_io_specs,
     write_calibration_yaml,
 )
@@ -45,16 +46,51 @@ def test_calibration_yaml_links_images_and_never_downloads(tmp_path: Path) -> No
         write_calibration_yaml([], tmp_path / "work2", ["a"])
 
 
-def test_global_min_max_replaces_the_moving_average() -> None:
-    """The repair that keeps confident int8 scores from being clipped at 0.5."""
-    from ai_edge_quantizer import algorithm_manager
+HEAD = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules.head.Detect_22;15"
+NECK = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules.block.C2f_15/x"
+
+
+def test_head_tensors_are_told_apart_by_module_path() -> None:
+    assert is_head_tensor(HEAD)
+    assert is_head_tensor("ultralytics.utils.export.engine._NormalizeCoords;1")  # the output normalisation
+    assert not is_head_tensor(NECK)
+
+
+def test_head_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> None:
+    """The repair that keeps confident int8 scores from being clipped at 0.5, confined to the head.
+
+    Runs ai-edge-quantizer's real Calibrator method under the patch; both merges must not depend
+    on the order of the calibration images (ultralytics shuffles them with an unseeded generator).
+    """
+    from ai_edge_quantizer import calibrator
 
     merged = _global_min_max({"min": np.array([-1.0]), "max": np.array([0.1])}, {"min": np.array([-3.0]), "max": np.array([2.0])})
     assert merged["min"][0] == -3.0 and merged["max"][0] == 2.0
-    original = algorithm_manager.get_update_qsv_func
-    with _global_minmax_calibration():
-        assert algorithm_manager.get_update_qsv_func("any", "op") is _global_min_max
-    assert algorithm_manager.get_update_qsv_func is original
+
+    images = [(-1.0, 1.0), (-3.0, 0.0), (-2.0, 4.0)]
+
+    def calibrate(order: list[tuple[float, float]]) -> dict:
+        cal = object.__new__(calibrator.Calibrator)  # no model needed: only its statistics merge runs
+        cal._model_qsvs = {}
+        with _head_global_minmax_calibration():
+            for lo, hi in order:
+                qsv = {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
+                assert cal._update_qsvs({HEAD: dict(qsv), NECK: dict(qsv)}, set(), None) == {HEAD, NECK}
+                assert cal._update_qsvs({NECK: dict(qsv)}, {NECK}, None) == set()  # already updated this pass
+        return cal._model_qsvs
+
+    original = calibrator.Calibrator._update_qsvs
+    for order in (images, images[::-1], images[1:] + images[:1]):
+        got = calibrate(order)
+        assert got[HEAD]["min"][0] == -3.0 and got[HEAD]["max"][0] == 4.0  # global
+        assert got[NECK]["min"][0] == pytest.approx(-2.0) and got[NECK]["max"][0] == pytest.approx(5 / 3)  # mean
+    # real-looking float32 statistics: every order gives the very same scales (float32 sums did not)
+    rng = np.random.default_rng(0)
+    many = [(float(lo), float(hi)) for lo, hi in zip(rng.normal(-3, 1, 64).astype(np.float32), rng.normal(5, 2, 64).astype(np.float32))]
+    results = [calibrate([many[i] for i in rng.permutation(64)])[NECK] for _ in range(3)]
+    assert all(r["min"].tobytes() == results[0]["min"].tobytes() and r["max"].tobytes() == results[0]["max"].tobytes()
+               for r in results)
+    assert calibrator.Calibrator._update_qsvs is original
 
 
 def test_fp16_weight_casting_halves_a_real_tflite(tmp_path: Path) -> None:
