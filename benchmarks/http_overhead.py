@@ -285,7 +285,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
 
     notes = [
         f"Milvus {rows[0]['server_version'] if rows else '?'} server (PyPI milvus) on the same 2-core machine as the "
-        f"service and this load generator; {args.n} clustered 256-d vectors, HNSW M=16 efConstruction=64 ef=64",
+        f"service and this load generator; {args.n} synthetic catalog-shaped 256-d vectors (cloud_search.make_data), HNSW M=16 efConstruction=64 ef=64",
         "cpu_ms_per_req_*: CPU seconds used by each party during the QPS run / requests completed in it",
     ]
     write_result("http_overhead", rows, notes=notes)
