@@ -252,6 +252,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         if built is not None:  # a kept build (--work): reuse it, with the times measured when it was made
             binding = store.require_binding()
             row.update(built["row"])
+            if args.backend == "server":  # the search ef is this run's, not the build's
+                row["index"] = f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
             print(f"reusing the collection built in {work} ({built['row']})")
         else:
             binding = store.create_collection(MODEL, activate=True)
@@ -453,7 +455,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 != (row["backend"], row["n"], row["tag"], row["data"])]
     rows.append(row)
     rows.sort(key=lambda r: (r.get("data", "flat"), r["backend"], r["n"], r.get("tag", "")))
-    notes.append("2-core machine shared with other developers' jobs while measuring: latencies are upper bounds")
+    notes.append(f"{os.cpu_count()}-core machine; 1-min load average {os.getloadavg()[0]:.1f} when the last run ended")
     notes.extend(args.note)
     notes = list(dict.fromkeys([*earlier_notes, *notes]))
     payload = {
