@@ -158,6 +158,25 @@ class KeepAliveClient:
         self._conn.close()
 
 
+def faiss_hnsw(x: np.ndarray, m: int, ef_construction: int, keep_dir: Path | None) -> tuple[Any, float]:
+    """The in-process HNSW peer and its build seconds; with ``keep_dir`` loaded from there if built before, else saved."""
+    import faiss
+
+    index_file, meta_file = (keep_dir / "faiss.index", keep_dir / "faiss.json") if keep_dir else (None, None)
+    if index_file is not None and index_file.is_file():
+        return faiss.read_index(str(index_file)), float(json.loads(meta_file.read_text())["faiss_build_s"])
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = faiss.IndexHNSWFlat(DIM, m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    t0 = time.perf_counter()
+    index.add(x)
+    seconds = time.perf_counter() - t0
+    if index_file is not None:
+        faiss.write_index(index, str(index_file))
+        meta_file.write_text(json.dumps({"faiss_build_s": seconds}))
+    return index, seconds
+
+
 def concurrent_qps(fn, queries: np.ndarray, clients: int, seconds: float) -> float:
     """Each client loops over its share of queries for ``seconds``; total completed / elapsed."""
     done = [0] * clients
@@ -282,20 +301,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             if keep:
                 build_file.write_text(json.dumps({"key": build_key, "row": {k: row[k] for k in (
                     "insert_s", "insert_rows_per_s", "index_build_s", "index")}}))
-        faiss_file = work / "faiss.index"
-        if not args.skip_faiss and keep and not faiss_file.is_file():
-            import faiss
-
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
-            index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = args.ef_construction
-            t0 = time.perf_counter()
-            index.add(x)
-            faiss_build_s = time.perf_counter() - t0
-            faiss.write_index(index, str(faiss_file))
-            (work / "faiss.json").write_text(json.dumps({"faiss_build_s": faiss_build_s}))
-            del index
         if args.build_only:
+            if not args.skip_faiss:
+                faiss_hnsw(x, args.m, args.ef_construction, work)  # built and kept for the measuring run
             store.close()
             print(f"built in {work}; measure with the same --work")
             return
@@ -395,16 +403,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         if not args.skip_faiss:
             import faiss
 
-            if keep and (work / "faiss.index").is_file():  # built by an earlier --build-only run
-                index = faiss.read_index(str(work / "faiss.index"))
-                row["faiss_build_s"] = json.loads((work / "faiss.json").read_text())["faiss_build_s"]
-            else:
-                faiss.omp_set_num_threads(os.cpu_count() or 1)
-                index = faiss.IndexHNSWFlat(DIM, args.m, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efConstruction = args.ef_construction
-                t0 = time.perf_counter()
-                index.add(x)
-                row["faiss_build_s"] = time.perf_counter() - t0
+            index, row["faiss_build_s"] = faiss_hnsw(x, args.m, args.ef_construction, work if keep else None)
             index.hnsw.efSearch = args.ef
             faiss.omp_set_num_threads(1)
             lat, found = [], []
