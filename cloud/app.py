@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +30,7 @@ from shoplens.contract.schemas import (
     BatchSearchResponse,
     ErrorResponse,
     ObjectResults,
+    ProductHit,
     SearchRequest,
     SearchResponse,
     UpsertRequest,
@@ -225,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ApiError:
             log.warning("Milvus not reachable at startup; /v1/ready answers 503 until it is")
         yield
+        await state.store.aclose()
         state.store.close()
 
     app = FastAPI(
@@ -263,17 +266,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ---- search ----
 
+    async def _binding() -> Binding:
+        # a fresh cached binding costs nothing; refreshing it calls Milvus, so off the loop
+        return state.store.cached_binding() or await run_in_threadpool(state.store.require_binding)
+
+    async def _search(binding: Binding, vectors: Any, top_k: int, expr: str, min_score: float | None) -> tuple[list[list[ProductHit]], str]:
+        if settings.async_search:
+            return await state.store.search_async(binding, vectors, top_k=top_k, expr=expr, min_score=min_score)
+        return await run_in_threadpool(
+            lambda: state.store.search(binding, vectors, top_k=top_k, expr=expr, min_score=min_score)
+        )
+
     @app.post("/v1/search", response_model=SearchResponse, tags=["search"])
-    def search(body: SearchRequest, _: Principal = Depends(require_search)) -> SearchResponse:
+    async def search(body: SearchRequest, _: Principal = Depends(require_search)) -> SearchResponse:
         """Distinct products nearest to one vector, best-matching image per product."""
         t0 = time.perf_counter()
-        binding = state.store.require_binding()
+        binding = await _binding()
         _check_model(binding, body.model_id)
         vector = decode_vector(body.vector, body.encoding, binding.dim)
         expr = build_filter(body.filters)
-        hits, grouping = state.store.search(
-            binding, vector[None, :], top_k=body.top_k, expr=expr, min_score=body.min_score
-        )
+        hits, grouping = await _search(binding, vector[None, :], body.top_k, expr, body.min_score)
         took = time.perf_counter() - t0
         state.metrics.search_seconds.labels(kind="single", grouping=grouping).observe(took)
         if state.query_log is not None:
@@ -281,19 +293,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return SearchResponse(model_id=binding.model_id, hits=hits[0], grouping=grouping, took_ms=took * 1000)
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse, tags=["search"])
-    def search_batch(body: BatchSearchRequest, principal: Principal = Depends(require_search)) -> BatchSearchResponse:
+    async def search_batch(body: BatchSearchRequest, principal: Principal = Depends(require_search)) -> BatchSearchResponse:
         """Several vectors (one per detected object), one Milvus round trip (nq > 1)."""
         t0 = time.perf_counter()
         # each extra vector costs a token: a batch is not a way around the rate limit
         if len(body.vectors) > 1:
             state.limiter.take(principal.key_id, cost=len(body.vectors) - 1)
-        binding = state.store.require_binding()
+        binding = await _binding()
         _check_model(binding, body.model_id)
         vectors = decode_batch(body.vectors, body.encoding, binding.dim)
         expr = build_filter(body.filters)
-        results, grouping = state.store.search(
-            binding, vectors, top_k=body.top_k, expr=expr, min_score=body.min_score
-        )
+        results, grouping = await _search(binding, vectors, body.top_k, expr, body.min_score)
         took = time.perf_counter() - t0
         state.metrics.search_seconds.labels(kind="batch", grouping=grouping).observe(took)
         if state.query_log is not None:

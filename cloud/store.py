@@ -8,17 +8,18 @@ and where the alias -> collection -> model id binding is resolved and cached.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import AsyncMilvusClient, DataType, MilvusClient
 from pymilvus.exceptions import MilvusUnavailableException
 
 from shoplens.contract.errors import ErrorCode
@@ -113,6 +114,9 @@ class CatalogStore:
         self.alias = settings.collection
         self._observe = observe or (lambda op, s: None)
         self._client: MilvusClient | None = None
+        # the search path's asyncio client: bound to the event loop it was created on
+        self._aclient: AsyncMilvusClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._caps: Capabilities | None = None
         self._lock = threading.RLock()
         self._binding: Binding | None = None
@@ -161,6 +165,12 @@ class CatalogStore:
     def _safe_uri(self) -> str:
         return self.uri if self.lite else re.sub(r"//[^@/]*@", "//***@", self.uri)
 
+    def _translate(self, op: str, exc: Exception) -> None:
+        """Raise the 503 for "cannot reach Milvus"; return (caller re-raises) for anything else."""
+        if _is_unavailable(exc):
+            log.warning("Milvus unreachable during %s: %s", op, type(exc).__name__)
+            raise BackendUnavailable() from None
+
     @contextmanager
     def _call(self, op: str) -> Iterator[MilvusClient]:
         """Yield the client; time the call; turn "cannot reach Milvus" into a 503."""
@@ -171,12 +181,51 @@ class CatalogStore:
         except ApiError:
             raise
         except Exception as exc:
-            if _is_unavailable(exc):
-                log.warning("Milvus unreachable during %s: %s", op, type(exc).__name__)
-                raise BackendUnavailable() from None
+            self._translate(op, exc)
             raise
         finally:
             self._observe(op, time.perf_counter() - t0)
+
+    async def _async_client(self) -> AsyncMilvusClient:
+        """The asyncio client of the running loop (created on first use in that loop).
+
+        Why a second client: a sync pymilvus call from an async endpoint must hop to
+        the thread pool and back (15-20% of the service's CPU per search, profiled in
+        benchmarks/http_overhead.py); grpc.aio awaits the reply on the loop itself.
+        Its channel belongs to one loop, so a new loop (tests, a restarted server)
+        gets a new client. Capabilities and the Lite server come from the sync client.
+        """
+        loop = asyncio.get_running_loop()
+        if self._aclient is not None and self._aclient_loop is loop:
+            return self._aclient
+        self._connect()
+        token = self.settings.milvus_token.get_secret_value()
+        client = AsyncMilvusClient(uri=self.uri, token=token, timeout=self.settings.milvus_timeout_s)
+        self._aclient, self._aclient_loop = client, loop
+        return client
+
+    @asynccontextmanager
+    async def _acall(self, op: str) -> AsyncIterator[AsyncMilvusClient]:
+        """``_call`` for the asyncio client."""
+        t0 = time.perf_counter()
+        try:
+            yield await self._async_client()
+        except ApiError:
+            raise
+        except Exception as exc:
+            self._translate(op, exc)
+            raise
+        finally:
+            self._observe(op, time.perf_counter() - t0)
+
+    async def aclose(self) -> None:
+        """Close the asyncio client (call from the loop that used it, before ``close``)."""
+        client, self._aclient, self._aclient_loop = self._aclient, None, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: a dead channel is fine
+                log.debug("closing the asyncio Milvus client: %s", type(exc).__name__)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -264,6 +313,13 @@ class CatalogStore:
         with self._lock:
             self._binding, self._binding_at = binding, now
         return binding
+
+    def cached_binding(self) -> Binding | None:
+        """The binding if cached and fresh, else None; never calls Milvus (safe on the event loop)."""
+        with self._lock:
+            if self._binding is not None and time.monotonic() - self._binding_at < self.settings.binding_ttl_s:
+                return self._binding
+        return None
 
     def require_binding(self) -> Binding:
         binding = self.binding()
@@ -504,6 +560,48 @@ class CatalogStore:
                            consistency_level=self.settings.read_consistency)
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def _search_request(self, binding: Binding, vectors: np.ndarray, top_k: int, expr: str) -> tuple[dict[str, Any], str]:
+        """The keyword arguments of one Milvus search (either client), and the grouping path."""
+        native = self.capabilities.native_grouping
+        limit = top_k if native else min(MILVUS_MAX_TOPK, top_k * self.settings.overfetch_factor)
+        params = dict(self.settings.search_params)
+        if "ef" in params:  # HNSW needs ef >= limit
+            params["ef"] = max(int(params["ef"]), limit)
+        if "search_list" in params:  # DiskANN needs search_list >= limit
+            params["search_list"] = max(int(params["search_list"]), limit)
+        kwargs: dict[str, Any] = dict(
+            collection_name=binding.collection,
+            data=cs.as_stored(vectors, binding.storage),
+            filter=expr,
+            limit=limit,
+            output_fields=cs.OUTPUT_FIELDS,
+            search_params={"metric_type": binding.metric, "params": params},
+            anns_field=cs.VECTOR,
+            consistency_level=self.settings.read_consistency,
+        )
+        if native:
+            kwargs["group_by_field"] = "product_id"
+        return kwargs, "native" if native else "overfetch"
+
+    @staticmethod
+    def _distinct_products(raw: Any, top_k: int, min_score: float | None) -> list[list[ProductHit]]:
+        results: list[list[ProductHit]] = []
+        for per_query in raw:
+            seen: set[str] = set()
+            hits: list[ProductHit] = []
+            for h in sorted(per_query, key=lambda h: -float(h["distance"])):
+                entity = h.get("entity", {})
+                pid = str(entity.get("product_id", ""))
+                score = float(h["distance"])
+                if pid in seen or (min_score is not None and score < min_score):
+                    continue
+                seen.add(pid)
+                hits.append(cs.row_to_hit(cs.hit_id(h), score, entity))
+                if len(hits) == top_k:
+                    break
+            results.append(hits)
+        return results
+
     def search(
         self,
         binding: Binding,
@@ -520,44 +618,24 @@ class CatalogStore:
         grouped them). Results are de-duplicated by product either way, so a
         backend that ignores grouping can never return one product twice.
         """
-        native = self.capabilities.native_grouping
-        limit = top_k if native else min(MILVUS_MAX_TOPK, top_k * self.settings.overfetch_factor)
-        params = dict(self.settings.search_params)
-        if "ef" in params:  # HNSW needs ef >= limit
-            params["ef"] = max(int(params["ef"]), limit)
-        if "search_list" in params:  # DiskANN needs search_list >= limit
-            params["search_list"] = max(int(params["search_list"]), limit)
-        kwargs: dict[str, Any] = {}
-        if native:
-            kwargs["group_by_field"] = "product_id"
+        kwargs, grouping = self._search_request(binding, vectors, top_k, expr)
         with self._call("search") as c:
-            raw = c.search(
-                binding.collection,
-                data=cs.as_stored(vectors, binding.storage),
-                filter=expr,
-                limit=limit,
-                output_fields=cs.OUTPUT_FIELDS,
-                search_params={"metric_type": binding.metric, "params": params},
-                anns_field=cs.VECTOR,
-                consistency_level=self.settings.read_consistency,
-                **kwargs,
-            )
-        results: list[list[ProductHit]] = []
-        for per_query in raw:
-            seen: set[str] = set()
-            hits: list[ProductHit] = []
-            for h in sorted(per_query, key=lambda h: -float(h["distance"])):
-                entity = h.get("entity", {})
-                pid = str(entity.get("product_id", ""))
-                score = float(h["distance"])
-                if pid in seen or (min_score is not None and score < min_score):
-                    continue
-                seen.add(pid)
-                hits.append(cs.row_to_hit(cs.hit_id(h), score, entity))
-                if len(hits) == top_k:
-                    break
-            results.append(hits)
-        return results, "native" if native else "overfetch"
+            raw = c.search(**kwargs)
+        return self._distinct_products(raw, top_k, min_score), grouping
 
+    async def search_async(
+        self,
+        binding: Binding,
+        vectors: np.ndarray,
+        *,
+        top_k: int,
+        expr: str = "",
+        min_score: float | None = None,
+    ) -> tuple[list[list[ProductHit]], str]:
+        """``search`` over the asyncio client: the same request, the same grouping, no thread hop."""
+        kwargs, grouping = self._search_request(binding, vectors, top_k, expr)
+        async with self._acall("search") as c:
+            raw = await c.search(**kwargs, timeout=self.settings.milvus_timeout_s)
+        return self._distinct_products(raw, top_k, min_score), grouping
 
 __all__ = ["Binding", "Capabilities", "CatalogStore", "literal", "native_grouping_supported"]

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         description="consistency of searches/queries: Session sees this process's own writes without "
         "Strong's wait for the next time tick (~200 ms on a Milvus server)",
     )
+    async_search: bool = Field(
+        default=True,
+        description="searches use pymilvus' asyncio client on the event loop; false: the sync client in the "
+        "thread pool (one hop more per search, benchmarks/http_overhead.py)",
+    )
     binding_ttl_s: float = Field(default=2.0, ge=0, description="how long the alias->collection binding is cached")
     query_log: Path | None = Field(default=None, description="opt-in: append query vectors + returned product ids here (personal data; off by default)")
     query_log_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="rotate the query log past this size")

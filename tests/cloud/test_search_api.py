@@ -221,3 +221,27 @@ def test_search_before_any_catalog_is_404(backend, client_for):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert c.get("/v1/models", headers=DEVICE_H).json()["models"] == []
     assert c.get("/v1/stats", headers=ADMIN_H).json()["rows"] == 0
+
+
+def test_thread_pool_search_path_answers_like_the_async_client(backend, client_for, catalog):
+    """SHOPLENS_ASYNC_SEARCH=false (sync pymilvus in the thread pool) is the fallback for the
+    asyncio client: both paths must build the same request and group the same way."""
+    kind, make = backend
+    answers = {}
+    for async_search in (True, False):
+        c = client_for(make(async_search=async_search))
+        if async_search:
+            assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+        single = c.post("/v1/search", json=query(catalog.vectors["img-7-2"], "f32", top_k=6), headers=DEVICE_H)
+        batch = c.post("/v1/search/batch", headers=DEVICE_H, json={
+            "model_id": MODEL, "encoding": "f32", "top_k": 4,
+            "vectors": [encode_vector(catalog.vectors[i], "f32") for i in ("img-1-0", "img-8-1")]})
+        assert single.status_code == batch.status_code == 200, (single.text, batch.text)
+        answers[async_search] = (
+            [(h["image_id"], round(h["score"], 5)) for h in single.json()["hits"]],
+            [[h["image_id"] for h in res["hits"]] for res in batch.json()["results"]],
+            single.json()["grouping"],
+        )
+        c.__exit__(None, None, None)  # Lite: one process-wide server per file; reopen with the other path
+    assert answers[True] == answers[False]
+    assert answers[True][0][0][0] == "img-7-2"
