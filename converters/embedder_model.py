@@ -34,7 +34,7 @@ class EmbedderConfig:
     dim: int = 256
     pool: str = "avg"  # avg | gem
     gem_p: float = 3.0
-    input_size: int = 160
+    input_size: int = 224
     meta: dict[str, Any] = field(default_factory=dict)
 
     def preprocessing(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import secrets
+import shutil
 import statistics
 import threading
 import time
@@ -28,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shoplens.contract.model_id import is_valid_model_id
 from shoplens.resources import fetch_grocery_store, grocery_store
 
 console = Console()
@@ -186,6 +188,32 @@ def _wait_until_indexed(client: Any, model_id: str, dim: int, fast_ms: float = 4
     return time.perf_counter() - t0
 
 
+def demo_files(workdir: Path, model_id: str, tag: str = "", fresh: bool = False) -> tuple[Path, Path]:
+    """The demo's Lite catalog file and import ledger for this model id (and subset tag).
+
+    Why keyed by the model id: a catalog is bound to the embedder that filled it (the
+    service answers 409 to other vectors), so an upgraded bundle must start a new
+    index, not meet the old one. Files of other model ids are caches of bundles no
+    longer shipped and are removed, as are both files when ``fresh``.
+    """
+    db = workdir / f"catalog-{model_id}{tag}.db"
+    state = workdir / f"import-{model_id}{tag}.db"
+    stale = [workdir / f"catalog{tag}.db"]  # before the name carried the model id
+    for kind in ("catalog", "import"):
+        for f in workdir.glob(f"{kind}-*{tag}.db"):
+            other = f.name[len(kind) + 1 : len(f.name) - len(tag) - 3]
+            if other != model_id and is_valid_model_id(other):
+                stale.append(f)
+    if fresh or not db.exists():
+        stale += [db, state]
+    for f in stale:  # a Milvus Lite 3 "file" is a directory
+        if f.is_dir():
+            shutil.rmtree(f)
+        elif f.exists():
+            f.unlink()
+    return db, state
+
+
 def run_demo(
     *,
     bundle_dir: Path,
@@ -215,12 +243,7 @@ def run_demo(
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
     tag = (f"-{products}p" if products else "") + (f"-det{min_box:g}" if catalog_detect and detector else "")
-    db = workdir / f"catalog{tag}.db"
-    state = workdir / f"import-{model_id}{tag}.db"
-    if fresh or not db.exists():
-        for f in (db, state):
-            if f.exists():
-                f.unlink()
+    db, state = demo_files(workdir, model_id, tag, fresh)
     admin, device = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     settings = Settings(milvus_uri=str(db), collection="demo_catalog", admin_keys=[admin], device_keys=[device], rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
     entries = catalog_entries(data)

@@ -35,9 +35,9 @@ object Shoplens {
 
     const val EMBEDDER_FILE = "embedder_w8a32.tflite"                     // manifest: resnet50v2-s3-256/embedder_w8a32.tflite file
     const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.name
-    const val EMBEDDER_SIZE = 160                                         // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.shape[1]
+    const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.shape[1]
     const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
-    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-9c7649584fb5"       // manifest: resnet50v2-s3-256 embedder.model_id
+    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-4f282f3b978f"       // manifest: resnet50v2-s3-256 embedder.model_id
     const val CROP_MARGIN = 0.10f
 }
 
@@ -89,7 +89,7 @@ fun iou(a: Box, b: Box): Float {
     return iw * ih / (a.area + b.area - iw * ih + 1e-9f)
 }
 
-/** Crop with margin, stretch to 160x160, uint8 RGB NHWC (normalisation is inside the model). */
+/** Crop with margin, stretch to 224x224, uint8 RGB NHWC (normalisation is inside the model). */
 fun embed(embedder: Interpreter, photo: Bitmap, box: Box): FloatArray {
     val mx = (box.x2 - box.x1) * Shoplens.CROP_MARGIN; val my = (box.y2 - box.y1) * Shoplens.CROP_MARGIN
     val l = max(0, (box.x1 - mx).toInt()); val t = max(0, (box.y1 - my).toInt())

@@ -24,10 +24,10 @@ enum Shoplens {
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out
     static let embedderFile = "embedder_int8.mlpackage"               // manifest: resnet50v2-s3-256/embedder_int8.mlpackage file
     static let embedderInputName = "image"                            // manifest: resnet50v2-s3-256/embedder_int8.mlpackage input.name
-    static let embedderInputSize = 160                                // manifest: resnet50v2-s3-256/embedder_int8.mlpackage input.shape[2]
+    static let embedderInputSize = 224                                // manifest: resnet50v2-s3-256/embedder_int8.mlpackage input.shape[2]
     static let embeddingOutput = "embedding"                          // manifest: resnet50v2-s3-256/embedder_int8.mlpackage outputs[0].name
     static let embeddingDim = 256                                     // manifest: resnet50v2-s3-256 embedder.dim
-    static let modelId = "resnet50v2-imagenet-s3-256d-9c7649584fb5"   // manifest: resnet50v2-s3-256 embedder.model_id
+    static let modelId = "resnet50v2-imagenet-s3-256d-4f282f3b978f"   // manifest: resnet50v2-s3-256 embedder.model_id
     static let cropMargin: CGFloat = 0.10
 }
 
@@ -53,7 +53,7 @@ func crop(_ image: CGImage, to box: CGRect) -> CGImage? {
     return image.cropping(to: r.intersection(CGRect(x: 0, y: 0, width: w, height: h)))
 }
 
-/// The crop's 256-d embedding. Vision stretches the crop to 160x160 (the manifest's resize rule).
+/// The crop's 256-d embedding. Vision stretches the crop to 224x224 (the manifest's resize rule).
 func embed(_ crop: CGImage, embedder: MLModel) throws -> [Float] {
     let request = VNCoreMLRequest(model: try VNCoreMLModel(for: embedder))
     request.imageCropAndScaleOption = .scaleFill  // stretch
