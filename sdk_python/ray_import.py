@@ -11,6 +11,7 @@ cluster; writes are batched upserts that Milvus absorbs in parallel.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from shoplens.sdk.catalog import CatalogEntry
 from shoplens.sdk.importer import BatchWriter, CatalogSink, ImportState, ImportSummary, _batched, _pending
 
 CHUNK = 4096  # images per Ray dataset: bounds driver memory, keeps every actor busy
+
+log = logging.getLogger("shoplens.sdk.ray_import")
 
 
 class _EmbedActor:
@@ -44,6 +47,25 @@ class _EmbedActor:
         return {"idx": np.asarray(idx), "vector": np.asarray(vecs, dtype=object), "error": np.asarray(infos, dtype=object)}
 
 
+def _init_ray(ray: Any, address: str | None, workers: int) -> None:
+    """Connect to ``address`` or start a local instance on loopback, retrying a local start once.
+
+    Why the retry: a local head forks its GCS server from this process; seen once in CI (a
+    process with many gRPC/Milvus threads) the GCS never wrote its port file and ``ray.init``
+    gave up after Ray's 30 s wait. A second start in the same process worked.
+    """
+    local = {} if address else {"num_cpus": workers, "_node_ip_address": "127.0.0.1"}  # a local instance stays on loopback
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+            return
+        except RuntimeError as exc:
+            if address or attempt == 2 or "Timed out waiting for file" not in str(exc):
+                raise
+            log.warning("local Ray did not start (%s); starting it once more", exc)
+            ray.shutdown()
+
+
 def import_catalog_ray(
     entries: Iterable[CatalogEntry],
     *,
@@ -63,8 +85,7 @@ def import_catalog_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
-        local = {} if address else {"num_cpus": workers, "_node_ip_address": "127.0.0.1"}  # a local instance stays on loopback
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+        _init_ray(ray, address, workers)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     summary = ImportSummary()
