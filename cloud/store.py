@@ -165,26 +165,28 @@ class CatalogStore:
     def _safe_uri(self) -> str:
         return self.uri if self.lite else re.sub(r"//[^@/]*@", "//***@", self.uri)
 
-    def _translate(self, op: str, exc: Exception) -> None:
-        """Raise the 503 for "cannot reach Milvus"; return (caller re-raises) for anything else."""
-        if _is_unavailable(exc):
-            log.warning("Milvus unreachable during %s: %s", op, type(exc).__name__)
-            raise BackendUnavailable() from None
-
     @contextmanager
-    def _call(self, op: str) -> Iterator[MilvusClient]:
-        """Yield the client; time the call; turn "cannot reach Milvus" into a 503."""
-        client = self._connect()
+    def _guarded(self, op: str) -> Iterator[None]:
+        """Time the block as ``op``; turn "cannot reach Milvus" into a 503 (either client)."""
         t0 = time.perf_counter()
         try:
-            yield client
+            yield
         except ApiError:
             raise
         except Exception as exc:
-            self._translate(op, exc)
+            if _is_unavailable(exc):
+                log.warning("Milvus unreachable during %s: %s", op, type(exc).__name__)
+                raise BackendUnavailable() from None
             raise
         finally:
             self._observe(op, time.perf_counter() - t0)
+
+    @contextmanager
+    def _call(self, op: str) -> Iterator[MilvusClient]:
+        """Yield the sync client inside ``_guarded(op)``."""
+        client = self._connect()
+        with self._guarded(op):
+            yield client
 
     async def _async_client(self) -> AsyncMilvusClient:
         """The asyncio client of the running loop (created on first use in that loop).
@@ -206,17 +208,9 @@ class CatalogStore:
 
     @asynccontextmanager
     async def _acall(self, op: str) -> AsyncIterator[AsyncMilvusClient]:
-        """``_call`` for the asyncio client."""
-        t0 = time.perf_counter()
-        try:
+        """Yield the asyncio client inside ``_guarded(op)`` (creating it is part of the call)."""
+        with self._guarded(op):
             yield await self._async_client()
-        except ApiError:
-            raise
-        except Exception as exc:
-            self._translate(op, exc)
-            raise
-        finally:
-            self._observe(op, time.perf_counter() - t0)
 
     async def aclose(self) -> None:
         """Close the asyncio client (call from the loop that used it, before ``close``)."""

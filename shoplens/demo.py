@@ -201,7 +201,7 @@ def demo_files(workdir: Path, model_id: str, tag: str = "", fresh: bool = False)
     stale = [workdir / f"catalog{tag}.db"]  # before the name carried the model id
     for kind in ("catalog", "import"):
         for f in workdir.glob(f"{kind}-*{tag}.db"):
-            other = f.name[len(kind) + 1 : len(f.name) - len(tag) - 3]
+            other = f.name.removeprefix(f"{kind}-").removesuffix(f"{tag}.db")
             if other != model_id and is_valid_model_id(other):
                 stale.append(f)
     if fresh or not db.exists():
