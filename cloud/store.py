@@ -292,13 +292,9 @@ class CatalogStore:
     def binding(self, *, refresh: bool = False) -> Binding | None:
         """What the alias serves now (cached ``binding_ttl_s`` so a search costs no extra round trip)."""
         now = time.monotonic()
-        with self._lock:
-            if (
-                not refresh
-                and self._binding is not None
-                and now - self._binding_at < self.settings.binding_ttl_s
-            ):
-                return self._binding
+        cached = None if refresh else self.cached_binding()
+        if cached is not None:
+            return cached
         with self._call("describe_alias") as c:
             target = self._alias_target(c)
             binding = self._binding_of(c, target, self.alias) if target else None
