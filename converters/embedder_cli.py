@@ -108,6 +108,8 @@ def train_cmd(
     iconic_views: int = typer.Option(16, help="Views per iconic image."),
     margin: float = typer.Option(0.2, help="CosFace margin."),
     scale: float = typer.Option(30.0, help="CosFace scale."),
+    feature_crop: float = typer.Option(0.7, min=0.05, max=1.0, help="Random crop of the cached feature map per batch, side >= this share (1.0 = off)."),
+    select: str = typer.Option("best", help="Checkpoint to keep: the 'best' val photo->iconic R@1 epoch, or the 'last' (with --no-eval: the last)."),
     holdout: int = typer.Option(0, help="Products kept out of training (to measure new-product retrieval)."),
     seed: int = typer.Option(0),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
@@ -123,11 +125,12 @@ def train_cmd(
     cfg = TrainConfig(
         catalog=_catalog_dir(catalog), out=out, labels=labels, trunk=trunk, weights=weights, random_init=random_init, dim=dim,
         input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
-        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, holdout=holdout, seed=seed,
+        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, feature_crop=feature_crop,
+        select=select if not no_eval else "last", holdout=holdout, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,
     )
     result = train(cfg)
-    console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "seconds": round(result.seconds, 1)}, indent=2))
+    console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "selected_epoch": result.selected_epoch, "seconds": round(result.seconds, 1)}, indent=2))
 
 
 @embedder_app.command("eval")

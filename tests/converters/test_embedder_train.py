@@ -70,3 +70,69 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     # a rerun of the same command resumes from the state file: nothing left to train
     again = train(cfg)
     assert again.step_losses == result.step_losses
+
+
+def test_random_feature_crop_is_seeded_and_off_at_one() -> None:
+    from shoplens.converters.train_embedder import random_feature_crop
+
+    x = torch.arange(4 * 2 * 14 * 14, dtype=torch.float32).reshape(4, 2, 14, 14)
+    assert random_feature_crop(x, 1.0, torch.Generator().manual_seed(0)) is x
+    a = random_feature_crop(x, 0.5, torch.Generator().manual_seed(3))
+    b = random_feature_crop(x, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape[:2] == (4, 2)
+    assert 7 <= a.shape[2] <= 14 and 7 <= a.shape[3] <= 14
+    sizes = {random_feature_crop(x, 0.5, torch.Generator().manual_seed(s)).shape[2:] for s in range(20)}
+    assert len(sizes) > 3  # crop sizes vary from batch to batch
+    # every crop is a contiguous window of its own sample
+    for xi, ai in zip(x, a):
+        h, w = ai.shape[1:]
+        found = any(torch.equal(xi[:, y : y + h, z : z + w], ai) for y in range(15 - h) for z in range(15 - w))
+        assert found
+
+
+def _small_catalog(grocery_dir: Path, root: Path) -> Path:
+    """The real catalog's images (linked, not copied) with a tenth of the val and a twentieth of the train photos."""
+    root.mkdir()
+    for name in ("iconic-images-and-descriptions", "train", "val"):
+        (root / name).symlink_to(grocery_dir / name)
+    (root / "classes.csv").write_text((grocery_dir / "classes.csv").read_text())
+    for split, step in (("train", 20), ("val", 10)):
+        lines = (grocery_dir / f"{split}.txt").read_text().splitlines()
+        (root / f"{split}.txt").write_text("\n".join(lines[::step]) + "\n")
+    return root
+
+
+def test_select_best_keeps_the_best_val_epoch(grocery_dir: Path, tmp_path: Path) -> None:
+    cat = _small_catalog(grocery_dir, tmp_path / "cat")
+    cfg = TrainConfig(
+        catalog=cat, out=tmp_path / "best.pt", input_size=64, dim=32, photo_views=2, iconic_views=2, epochs=3, batch_size=32,
+        lr=5e-4, head_lr=5e-3, cache_dir=tmp_path / "cache", feature_crop=0.6, select="best",
+    )
+    result = train(cfg)
+    scores = [row["photo_iconic_r@1"] for row in result.history]
+    assert len(scores) == 3
+    assert result.selected_epoch == 1 + int(np.argmax(scores))  # first of equal best
+    assert result.metrics["photo_iconic_r@1"] == max(scores)
+    _, blob = load_checkpoint(cfg.out)
+    meta = blob["config"]["meta"]
+    assert meta["selected_epoch"] == result.selected_epoch and meta["selection"].startswith("best val")
+    # the saved weights are the selected epoch's: evaluating them again gives its figures
+    from shoplens.converters.embedder_eval import RetrievalSets, embed_paths, evaluate_vectors
+
+    model, _ = load_checkpoint(cfg.out)
+    model.eval()
+    catalog = load_catalog(cat)
+    sets = RetrievalSets.from_catalog(catalog)
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    vec = {k: embed_paths(embed, getattr(sets, k), 64) for k in ("val", "iconic", "train")}
+    again = evaluate_vectors(sets, vec)
+    # the training evaluation ran on fp16-cached features; allow one query to flip
+    assert abs(again["photo_iconic_r@1"] - result.metrics["photo_iconic_r@1"]) <= 1 / again["queries"] + 1e-9
+    with pytest.raises(ValueError, match="needs the per-epoch evaluation"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", evaluate=False, select="best"))
+    with pytest.raises(ValueError, match="feature_crop"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", feature_crop=0.0))
