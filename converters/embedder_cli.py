@@ -99,7 +99,7 @@ def train_cmd(
     random_init: bool = typer.Option(False, "--random", help="Random trunk (plumbing tests only; never ship)."),
     dim: int = typer.Option(256),
     input_size: int = typer.Option(224, help="Square input size in pixels (the shipped model: 224)."),
-    epochs: int = typer.Option(5),
+    epochs: int = typer.Option(6),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(2e-4, help="Learning rate of the trainable trunk units."),
     head_lr: float = typer.Option(2e-3, help="Learning rate of the head and class proxies."),

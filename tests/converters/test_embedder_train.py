@@ -59,7 +59,7 @@ def test_fit_head_on_real_images_gives_unit_vectors(grocery_dir: Path) -> None:
 def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
-        epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, cache_dir=tmp_path / "cache", holdout=20,
+        epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, select="last", cache_dir=tmp_path / "cache", holdout=20,
     )
     result = train(cfg)
     first, last = np.mean(result.step_losses[:4]), np.mean(result.step_losses[-4:])
