@@ -1,0 +1,174 @@
+"""Where the nq=1 latency tail of a Milvus server comes from, and whether server or client knobs move it.
+
+Usage:
+  .venv/bin/python benchmarks/milvus_tail.py [--n 100000] [--queries 2000]
+
+Why: the cloud issue's target is HTTP p99 <= 15 ms, and ``cloud_search.py`` measured the
+service's own Milvus query (no HTTP) at p99 22-24 ms on this machine. This script builds one
+collection (the PyPI ``milvus`` 2.3.5 server, the service's schema and HNSW index, the same seeded
+synthetic catalog as ``cloud_search.py``), then restarts the server on the same data once per
+variant (a server config key, an environment variable of the server process, or a client-side
+change) and measures, interleaved query by query so drift hits both alike:
+
+- ``raw``: a bare pymilvus search, limit 10, no output fields: the least a search can ask;
+- ``service``: the service's query (``CatalogStore.search``: over-fetch for grouping on 2.3.5,
+  every catalog field returned, results grouped by product).
+
+Writes ``benchmarks/results/milvus_tail.json`` (one row per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cloud_search import ADMIN, DEVICE, MODEL, free_port, make_data  # noqa: E402
+from common import print_table, write_result  # noqa: E402
+
+#: name -> (server config keys, server environment, client options)
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str], dict[str, Any]]] = {
+    "default": ({}, {}, {}),
+    "knowhere pool ratio 1": ({"queryNode.segcore.knowhereThreadPoolNumRatio": 1}, {}, {}),
+    "server GOGC=400": ({}, {"GOGC": "400"}, {}),
+    "client gc off": ({}, {}, {"gc_off": True}),
+    "Eventually consistency": ({}, {}, {"consistency": "Eventually"}),
+}
+
+
+def pct(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()), "over_15ms": int((a > 15).sum())}
+
+
+def start_server(base: Path, config: dict[str, Any], env: dict[str, str]) -> Any:
+    from milvus import MilvusServer
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the server process inherits this process's environment
+    try:
+        server = MilvusServer()
+        server.set_base_dir(str(base))
+        server.listen_port = free_port()
+        for k, v in config.items():
+            server.config.set(k, v)
+        server.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return server
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--variants", default=",".join([*VARIANTS, "default"]),
+                    help="comma list of: " + ", ".join(VARIANTS) + " (a name may repeat: the default runs first, "
+                    "right after the build, and again last as the control)")
+    args = ap.parse_args()
+
+    from shoplens.cloud import schema as cs
+    from shoplens.cloud.store import CatalogStore
+    from shoplens.contract.codecs import encode_vector
+    from shoplens.contract.schemas import CatalogImage
+    from shoplens.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="shoplens-tail-"))
+    x, q = make_data(args.n, args.queries)
+    rows: list[dict[str, Any]] = []
+    built = False
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    for run, name in enumerate(names):
+        config, env, client = VARIANTS[name]
+        server = start_server(work / "milvus", config, env)
+        try:
+            settings = Settings(
+                milvus_uri=f"http://127.0.0.1:{server.listen_port}", collection="bench", admin_keys=[ADMIN],
+                device_keys=[DEVICE], cache_dir=work, index_type="HNSW", index_params={"M": 16, "efConstruction": 64},
+                search_params={"ef": args.ef}, rate_limit_per_s=1e9, rate_limit_burst=10**9, milvus_timeout_s=60,
+                **({"read_consistency": client["consistency"]} if "consistency" in client else {}),
+            )
+            store = CatalogStore(settings)
+            version = store.ping()
+            if not built:
+                binding = store.create_collection(MODEL, activate=True)
+                for i in tqdm(range(0, args.n, 1000), desc="insert", unit="batch"):
+                    store.upsert(binding, [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
+                                           for j in range(i, min(args.n, i + 1000))])
+                with store._call("flush") as c:
+                    c.flush(binding.collection)
+                    while True:
+                        info = c.describe_index(binding.collection, "vector")
+                        if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
+                            break
+                        time.sleep(1)
+                built = True
+            binding = store.require_binding()
+            level = settings.read_consistency
+
+            def raw(v: np.ndarray) -> None:
+                with store._call("search") as c:
+                    c.search(collection_name=binding.collection, data=[v.tolist()], limit=10, output_fields=[],
+                             anns_field=cs.VECTOR, consistency_level=level,
+                             search_params={"metric_type": binding.metric, "params": {"ef": args.ef}})
+
+            def service(v: np.ndarray) -> None:
+                store.search(binding, v[None, :], top_k=10)
+
+            fns: dict[str, Callable[[np.ndarray], None]] = {"raw": raw, "service": service}
+            for v in q[:200]:  # warm-up (also lets loading and post-flush work settle)
+                raw(v)
+                service(v)
+            lat: dict[str, list[float]] = {k: [] for k in fns}
+            if client.get("gc_off"):
+                gc.disable()
+            try:
+                for v in q:
+                    for k, fn in fns.items():
+                        t = time.perf_counter()
+                        fn(v)
+                        lat[k].append((time.perf_counter() - t) * 1e3)
+            finally:
+                gc.enable()
+            row: dict[str, Any] = {"run": run + 1, "variant": name, "after_build": run == 0, "server_version": version, "n": args.n, "queries": args.queries,
+                                   "consistency": level}
+            for k, ms in lat.items():
+                row.update({f"{k}_{m}": v for m, v in pct(ms).items()})
+            rows.append(row)
+            print_table([row], title=name)
+            store.close()
+        finally:
+            server.stop()
+    print_table(rows, title="milvus_tail")
+    base = rows[-1] if len(rows) > 1 and rows[-1]["variant"] == "default" else rows[0]
+    write_result("milvus_tail", rows, notes=[
+        f"one collection of {args.n} seeded synthetic catalog vectors (cloud_search.py's generator), HNSW M=16 "
+        f"efConstruction=64 ef={args.ef}, the PyPI milvus server restarted on the same data for each variant",
+        "raw and service queries alternate query by query, single client, after 200 warm-up queries each",
+        f"default (run {base['run']}): raw p99 {base['raw_p99_ms']:.1f} ms, service p99 {base['service_p99_ms']:.1f} ms; "
+        "compare the variants' p99 with the control default's to see what a knob moves; run 1 follows the "
+        "build directly (after_build) and carries the server's post-build work",
+        "2 CPUs shared by Milvus (etcd, proxy, query node, ... in one process tree) and this client",
+    ])
+
+
+if __name__ == "__main__":
+    main()
