@@ -136,3 +136,13 @@ def test_select_best_keeps_the_best_val_epoch(grocery_dir: Path, tmp_path: Path)
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", evaluate=False, select="best"))
     with pytest.raises(ValueError, match="feature_crop"):
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", feature_crop=0.0))
+
+
+def test_train_cli_rejects_an_unknown_select(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shoplens.cli import app
+
+    res = CliRunner().invoke(app, ["embedder", "train", "--select", "worst", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "use 'best' or 'last'" in res.output
+    assert not (tmp_path / "x.pt").exists()
