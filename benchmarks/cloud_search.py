@@ -99,6 +99,27 @@ def pct(lat: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99))}
 
 
+def insert_vectors(store: Any, binding: Any, x: np.ndarray, progress: bool = True, batch: int = 1000) -> None:
+    """Upsert ``x`` as catalog rows (image id = product id = row number), ``batch`` rows per call."""
+    from shoplens.contract.schemas import CatalogImage
+
+    starts = range(0, len(x), batch)
+    for i in tqdm(starts, desc="insert", unit="batch") if progress else starts:
+        store.upsert(binding, [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
+                               for j in range(i, min(len(x), i + batch))])
+
+
+def flush_and_wait_indexed(store: Any, binding: Any, n: int, server: bool = True) -> None:
+    """Seal the segments so the index covers every row; on a server, wait until all ``n`` rows are indexed."""
+    with store._call("flush") as c:
+        c.flush(binding.collection)
+        while server:
+            info = c.describe_index(binding.collection, "vector")
+            if int(info.get("indexed_rows", 0)) >= n and int(info.get("pending_index_rows", 0)) == 0:
+                break
+            time.sleep(1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -227,7 +248,6 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     from shoplens.settings import Settings
 
     from shoplens.cloud.store import CatalogStore
-    from shoplens.contract.schemas import CatalogImage
 
     keep = args.work is not None
     work = args.work.resolve() if keep else Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
@@ -277,22 +297,11 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         else:
             binding = store.create_collection(MODEL, activate=True)
             t0 = time.perf_counter()
-            batch = 1000
-            for i in tqdm(range(0, args.n, batch), desc="insert", unit="batch"):
-                imgs = [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
-                        for j in range(i, min(args.n, i + batch))]
-                store.upsert(binding, imgs)
+            insert_vectors(store, binding, x)
             row["insert_s"] = time.perf_counter() - t0
             row["insert_rows_per_s"] = args.n / row["insert_s"]
             t0 = time.perf_counter()
-            with store._call("flush") as c:  # seal segments so the index covers every row
-                c.flush(binding.collection)
-                if args.backend == "server":
-                    while True:
-                        info = c.describe_index(binding.collection, "vector")
-                        if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
-                            break
-                        time.sleep(1)
+            flush_and_wait_indexed(store, binding, args.n, server=args.backend == "server")
             # first query: on Lite this is where the index gets built
             store.search(binding, q[:1], top_k=10)
             row["index_build_s"] = time.perf_counter() - t0

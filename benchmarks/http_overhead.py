@@ -40,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cloud_search import (  # noqa: E402
-    ADMIN, DEVICE, MODEL, KeepAliveClient, concurrent_qps, exact_top10, free_port, make_data, pct, recall,
+    ADMIN, DEVICE, MODEL, KeepAliveClient, concurrent_qps, exact_top10, flush_and_wait_indexed, free_port, insert_vectors,
+    make_data, pct, recall,
 )
 from common import write_result  # noqa: E402
 
@@ -149,7 +150,6 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
     import httpx
 
     from shoplens.cloud.store import CatalogStore
-    from shoplens.contract.schemas import CatalogImage
     from shoplens.settings import Settings
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -180,16 +180,8 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
         store = CatalogStore(settings)
         version = store.ping()
         binding = store.create_collection(MODEL, activate=True)
-        for i in range(0, args.n, 1000):
-            store.upsert(binding, [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
-                                   for j in range(i, min(args.n, i + 1000))])
-        with store._call("flush") as c:
-            c.flush(binding.collection)
-            while True:
-                info = c.describe_index(binding.collection, "vector")
-                if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
-                    break
-                time.sleep(1)
+        insert_vectors(store, binding, x, progress=False)
+        flush_and_wait_indexed(store, binding, args.n)
 
         def bare(i: int, v: np.ndarray) -> list[int]:
             hits, _ = store.search(binding, v[None, :], top_k=10)

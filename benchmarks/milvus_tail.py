@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cloud_search import ADMIN, DEVICE, MODEL, free_port, make_data  # noqa: E402
+from cloud_search import ADMIN, DEVICE, MODEL, flush_and_wait_indexed, free_port, insert_vectors, make_data, pct  # noqa: E402
 from common import print_table, write_result  # noqa: E402
 
 #: name -> (server config keys, server environment, client options)
@@ -45,10 +44,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str], dict[str, Any]]] = {
 }
 
 
-def pct(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()), "over_15ms": int((a > 15).sum())}
+def tail(seconds: list[float]) -> dict[str, float]:
+    """cloud_search's percentiles plus the worst query and how many exceed the 15 ms target."""
+    ms = np.asarray(seconds) * 1000
+    return {**pct(seconds), "max_ms": float(ms.max()), "over_15ms": int((ms > 15).sum())}
 
 
 def start_server(base: Path, config: dict[str, Any], env: dict[str, str]) -> Any:
@@ -84,8 +83,6 @@ def main() -> None:
 
     from shoplens.cloud import schema as cs
     from shoplens.cloud.store import CatalogStore
-    from shoplens.contract.codecs import encode_vector
-    from shoplens.contract.schemas import CatalogImage
     from shoplens.settings import Settings
 
     work = Path(tempfile.mkdtemp(prefix="shoplens-tail-"))
@@ -110,16 +107,8 @@ def main() -> None:
             version = store.ping()
             if not built:
                 binding = store.create_collection(MODEL, activate=True)
-                for i in tqdm(range(0, args.n, 1000), desc="insert", unit="batch"):
-                    store.upsert(binding, [CatalogImage(image_id=str(j), product_id=str(j), vector=encode_vector(x[j], "f32"))
-                                           for j in range(i, min(args.n, i + 1000))])
-                with store._call("flush") as c:
-                    c.flush(binding.collection)
-                    while True:
-                        info = c.describe_index(binding.collection, "vector")
-                        if int(info.get("indexed_rows", 0)) >= args.n and int(info.get("pending_index_rows", 0)) == 0:
-                            break
-                        time.sleep(1)
+                insert_vectors(store, binding, x)
+                flush_and_wait_indexed(store, binding, args.n)
                 built = True
             binding = store.require_binding()
             level = settings.read_consistency
@@ -145,13 +134,13 @@ def main() -> None:
                     for k, fn in fns.items():
                         t = time.perf_counter()
                         fn(v)
-                        lat[k].append((time.perf_counter() - t) * 1e3)
+                        lat[k].append(time.perf_counter() - t)
             finally:
                 gc.enable()
             row: dict[str, Any] = {"run": run + 1, "variant": name, "after_build": run == 0, "server_version": version, "n": args.n, "queries": args.queries,
                                    "consistency": level}
-            for k, ms in lat.items():
-                row.update({f"{k}_{m}": v for m, v in pct(ms).items()})
+            for k, seconds in lat.items():
+                row.update({f"{k}_{m}": v for m, v in tail(seconds).items()})
             rows.append(row)
             print_table([row], title=name)
             store.close()

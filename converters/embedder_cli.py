@@ -118,10 +118,10 @@ def train_cmd(
     threads: int = typer.Option(2),
 ) -> None:
     """Fine-tune on product ids (CosFace), iconic images as samples, consumer augmentation; seeded, resumable."""
-    from shoplens.converters.train_embedder import TrainConfig, train
+    from shoplens.converters.train_embedder import SELECTIONS, TrainConfig, train
 
-    if select not in ("best", "last"):
-        raise typer.BadParameter(f"{select!r}: use 'best' or 'last'", param_hint="--select")
+    if select not in SELECTIONS:
+        raise typer.BadParameter(f"{select!r}: use " + " or ".join(map(repr, SELECTIONS)), param_hint="--select")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = out or _default_checkpoint("resnet50v2-s3-256" if holdout == 0 else f"resnet50v2-s3-256-holdout{holdout}")
     cfg = TrainConfig(

@@ -212,6 +212,7 @@ def random_feature_crop(x: torch.Tensor, min_share: float, gen: torch.Generator)
 
 
 SELECT_METRIC = "photo_iconic_r@1"
+SELECTIONS = ("best", "last")
 
 
 def _set_seed(seed: int) -> None:
@@ -223,8 +224,8 @@ def _set_seed(seed: int) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune and write ``cfg.out`` (the fp32 checkpoint); resumes from ``<out>.state.pt``."""
     t0 = time.time()
-    if cfg.select not in ("last", "best"):
-        raise ValueError(f"select must be 'last' or 'best', not {cfg.select!r}")
+    if cfg.select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, not {cfg.select!r}")
     if cfg.select == "best" and not cfg.evaluate:
         raise ValueError("select='best' needs the per-epoch evaluation (evaluate=True)")
     if not 0.0 < cfg.feature_crop <= 1.0:
