@@ -155,3 +155,17 @@ def test_cli_usage_errors_and_gate_exit_code(monkeypatch: pytest.MonkeyPatch, bu
     assert res.exit_code == 1, res.output
     assert captured["opts"].thresholds == {"match_rate_min": 0.5} and captured["opts"].imgsz == 320
     assert "parity gate failed" in res.output
+
+
+def test_int8_tflite_keeps_only_the_first_convolution_float(bundle) -> None:
+    """The int8 file's one float convolution is model.0; every other convolution has int8 weights."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    m = load_manifest(bundle.bundle_dir)
+    it = Interpreter(model_path=str(bundle.bundle_dir / m.artifact(ArtifactFormat.TFLITE, Precision.INT8).file))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
+    weight_types = [(tensors[op["inputs"][1]]["name"], tensors[op["inputs"][1]]["dtype"]) for op in convs]
+    float_convs = [name for name, dtype in weight_types if dtype != np.int8]
+    assert len(float_convs) == 1 and "Conv_0/" in float_convs[0], float_convs
+    assert len(weight_types) >= 60

@@ -11,10 +11,11 @@ from shoplens.contract.manifest import ArtifactFormat, Precision
 from shoplens.converters.detector_tflite import (
     ConversionError,
     _fp16_from_fp32,
+    FIRST_CONV_FLOAT_REGEX,
     _global_min_max,
-    _head_global_minmax_calibration,
+    _int8_policy,
     collect_images,
-    is_head_tensor,
+    decode_tail_tensors,
     tflite_io_specs,
     write_calibration_yaml,
 )
@@ -48,21 +49,52 @@ def test_calibration_yaml_links_images_and_never_downloads(tmp_path: Path) -> No
 
 HEAD = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules.head.Detect_22;15"
 NECK = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules.block.C2f_15/x"
+STEM = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules.conv.Conv_0/torch.nn.modules.conv.Conv2d_conv;4"
 
 
-def test_head_tensors_are_told_apart_by_module_path() -> None:
-    assert is_head_tensor(HEAD)
-    assert is_head_tensor("ultralytics.utils.export.engine._NormalizeCoords;1")  # the output normalisation
-    assert not is_head_tensor(NECK)
+def test_only_the_first_module_is_kept_float() -> None:
+    import re
+
+    assert re.fullmatch(FIRST_CONV_FLOAT_REGEX, STEM)
+    for other in (NECK, HEAD, STEM.replace("Conv_0", "Conv_10"), STEM.replace("Conv_0", "Conv_1"),
+                  HEAD.replace(";15", "/torch.nn.modules.container.Sequential_1/ultralytics.nn.modules.conv.Conv_0/x;2")):
+        assert not re.fullmatch(FIRST_CONV_FLOAT_REGEX, other), other
 
 
-def test_head_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> None:
-    """The repair that keeps confident int8 scores from being clipped at 0.5, confined to the head.
+def test_decode_tail_is_found_by_walking_a_real_yolo_graph(tmp_path: Path, yolov8n_path: Path) -> None:
+    """From the output back to the head's last box and class convolutions, through the DFL; nothing before them."""
+    from shoplens.converters.detector_tflite import export_tflite
+
+    fp32 = export_tflite(yolov8n_path, 64, Precision.FP32, tmp_path / "fp32").path
+    tail = decode_tail_tensors(fp32.read_bytes())
+    assert any("DFL" in n for n in tail) and any("_NormalizeCoords;" in n for n in tail)
+    convs = [n for n in tail if "Conv2d_2" in n]  # the last conv of each of 3 levels x (box, class)
+    assert 6 <= len(convs) <= 12, convs
+    assert not any("C2f_" in n or "SiLU" in n for n in tail)  # the head's inner layers and the neck are outside
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(fp32))
+    assert it.get_output_details()[0]["name"] in tail
+    with pytest.raises(ConversionError, match="decode tail"):
+        decode_tail_tensors(_tiny_tflite(tmp_path))
+
+
+def _tiny_tflite(tmp_path: Path) -> bytes:
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU()).eval()
+    path = tmp_path / "tiny_tail.tflite"
+    litert_torch.convert(net, (torch.rand(1, 3, 8, 8),)).export(str(path))
+    return path.read_bytes()
+
+
+def test_tail_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> None:
+    """The repair that keeps confident int8 scores from being clipped at 0.5, confined to the decode tail.
 
     Runs ai-edge-quantizer's real Calibrator method under the patch; both merges must not depend
     on the order of the calibration images (ultralytics shuffles them with an unseeded generator).
     """
-    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer import calibrator, quantizer
 
     merged = _global_min_max({"min": np.array([-1.0]), "max": np.array([0.1])}, {"min": np.array([-3.0]), "max": np.array([2.0])})
     assert merged["min"][0] == -3.0 and merged["max"][0] == 2.0
@@ -72,14 +104,14 @@ def test_head_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> N
     def calibrate(order: list[tuple[float, float]]) -> dict:
         cal = object.__new__(calibrator.Calibrator)  # no model needed: only its statistics merge runs
         cal._model_qsvs = {}
-        with _head_global_minmax_calibration():
+        with _int8_policy(global_tensors={HEAD}):
             for lo, hi in order:
                 qsv = {"min": np.array([lo], np.float32), "max": np.array([hi], np.float32)}
                 assert cal._update_qsvs({HEAD: dict(qsv), NECK: dict(qsv)}, set(), None) == {HEAD, NECK}
                 assert cal._update_qsvs({NECK: dict(qsv)}, {NECK}, None) == set()  # already updated this pass
         return cal._model_qsvs
 
-    original = calibrator.Calibrator._update_qsvs
+    originals = (calibrator.Calibrator._update_qsvs, quantizer.Quantizer.calibrate, quantizer.Quantizer.load_quantization_recipe)
     for order in (images, images[::-1], images[1:] + images[:1]):
         got = calibrate(order)
         assert got[HEAD]["min"][0] == -3.0 and got[HEAD]["max"][0] == 4.0  # global
@@ -90,7 +122,7 @@ def test_head_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> N
     results = [calibrate([many[i] for i in rng.permutation(64)])[NECK] for _ in range(3)]
     assert all(r["min"].tobytes() == results[0]["min"].tobytes() and r["max"].tobytes() == results[0]["max"].tobytes()
                for r in results)
-    assert calibrator.Calibrator._update_qsvs is original
+    assert (calibrator.Calibrator._update_qsvs, quantizer.Quantizer.calibrate, quantizer.Quantizer.load_quantization_recipe) == originals
 
 
 def test_fp16_weight_casting_halves_a_real_tflite(tmp_path: Path) -> None:
