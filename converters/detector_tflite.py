@@ -4,8 +4,9 @@ Precisions:
 
 - ``fp32``: the float graph as litert-torch lowers it.
 - ``int8``: static integer (int8 weights *and* activations, except the first
-  convolution, which stays float: see below), calibrated on the user's images through a generated ultralytics data yaml; graph input and
-  output stay float32 (the quantize/dequantize ops live inside the graph).
+  convolution, which stays float: see below), calibrated on the user's images
+  through a generated ultralytics data yaml; graph input and output stay
+  float32 (the quantize/dequantize ops live inside the graph).
 - ``w8a32``: dynamic range: int8 weights, float activations, no calibration.
 - ``fp16``: not offered by ultralytics' route, so made here from the fp32 file
   with ai-edge-quantizer's float-casting weight-only recipe: conv/FC weights
@@ -219,7 +220,7 @@ class _TailGlobalRestMeanStats:
 
 
 @contextlib.contextmanager
-def _int8_policy(global_tensors: set[str] | None = None) -> Iterator[_TailGlobalRestMeanStats]:
+def _int8_policy(global_tensors: set[str] | None = None) -> Iterator[None]:
     """While active, ai-edge-quantizer quantises YOLO the way this converter measured best.
 
     - the calibrator merges statistics with ``_TailGlobalRestMeanStats``, the decode
@@ -252,7 +253,7 @@ def _int8_policy(global_tensors: set[str] | None = None) -> Iterator[_TailGlobal
     quantizer.Quantizer.calibrate = calibrate
     quantizer.Quantizer.load_quantization_recipe = load
     try:
-        yield stats
+        yield
     finally:
         calibrator.Calibrator._update_qsvs = original_update
         quantizer.Quantizer.calibrate = original_calibrate

@@ -75,17 +75,17 @@ def test_decode_tail_is_found_by_walking_a_real_yolo_graph(tmp_path: Path, yolov
 
     it = Interpreter(model_path=str(fp32))
     assert it.get_output_details()[0]["name"] in tail
-    with pytest.raises(ConversionError, match="decode tail"):
-        decode_tail_tensors(_tiny_tflite(tmp_path))
-
-
-def _tiny_tflite(tmp_path: Path) -> bytes:
     torch = pytest.importorskip("torch")
+    not_yolo = _tiny_tflite(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU()), torch.rand(1, 3, 8, 8), tmp_path / "tiny.tflite")
+    with pytest.raises(ConversionError, match="decode tail"):
+        decode_tail_tensors(not_yolo.read_bytes())
+
+
+def _tiny_tflite(net, x, path: Path) -> Path:
+    """A real (non-YOLO) float TFLite file of ``net`` traced at ``x``."""
     litert_torch = pytest.importorskip("litert_torch")
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU()).eval()
-    path = tmp_path / "tiny_tail.tflite"
-    litert_torch.convert(net, (torch.rand(1, 3, 8, 8),)).export(str(path))
-    return path.read_bytes()
+    litert_torch.convert(net.eval(), (x,)).export(str(path))
+    return path
 
 
 def test_tail_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> None:
@@ -127,13 +127,11 @@ def test_tail_takes_the_global_min_max_and_the_rest_the_mean_in_any_order() -> N
 
 def test_fp16_weight_casting_halves_a_real_tflite(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    litert_torch = pytest.importorskip("litert_torch")
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(64, 64, 3, padding=1)).eval()
     x = torch.rand(1, 3, 32, 32)
-    fp32 = tmp_path / "tiny.tflite"
-    litert_torch.convert(net, (x,)).export(str(fp32))
+    fp32 = _tiny_tflite(net, x, tmp_path / "tiny.tflite")
     out = _fp16_from_fp32(fp32, tmp_path / "work")
     assert out.precision is Precision.FP16 and out.format is ArtifactFormat.TFLITE
     assert out.path.stat().st_size < 0.6 * fp32.stat().st_size
