@@ -108,6 +108,7 @@ def train_cmd(
     iconic_views: int = typer.Option(16, help="Views per iconic image."),
     margin: float = typer.Option(0.2, help="CosFace margin."),
     scale: float = typer.Option(30.0, help="CosFace scale."),
+    subcenters: int = typer.Option(1, min=1, max=16, help="CosFace proxies per product (sub-center CosFace; 1 = plain CosFace)."),
     feature_crop: float = typer.Option(0.7, min=0.05, max=1.0, help="Random crop of the cached feature map per batch, side >= this share (1.0 = off)."),
     select: str = typer.Option("best", help="Checkpoint to keep: the 'best' val photo->iconic R@1 epoch, or the 'last' (with --no-eval: the last)."),
     holdout: int = typer.Option(0, help="Products kept out of training (to measure new-product retrieval)."),
@@ -127,7 +128,7 @@ def train_cmd(
     cfg = TrainConfig(
         catalog=_catalog_dir(catalog), out=out, labels=labels, trunk=trunk, weights=weights, random_init=random_init, dim=dim,
         input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
-        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, feature_crop=feature_crop,
+        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, subcenters=subcenters, feature_crop=feature_crop,
         select=select if not no_eval else "last", holdout=holdout, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,
     )

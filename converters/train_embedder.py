@@ -74,6 +74,9 @@ class TrainConfig:
     iconic_views: int = 16
     margin: float = 0.2
     scale: float = 30.0
+    # proxies per product (sub-center CosFace): a photo is pulled to the nearest of its product's K
+    # proxies, so a product may keep several looks (front/back, packaging variants) instead of one point
+    subcenters: int = 1
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
     feature_crop: float = 0.7
@@ -189,11 +192,41 @@ def embed_cached(model: Embedder, tail: nn.Module, feats: np.ndarray, batch: int
     return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
 
 
-def cosface_loss(emb: torch.Tensor, proxies: torch.Tensor, target: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
-    """Large-margin cosine loss: softmax over scale * (cos - margin on the true class)."""
+def cosface_loss(emb: torch.Tensor, proxies: torch.Tensor, target: torch.Tensor, margin: float, scale: float, subcenters: int = 1,
+                 reduction: str = "mean") -> torch.Tensor:
+    """Large-margin cosine loss: softmax over scale * (cos - margin on the true class).
+
+    ``proxies`` is ``[classes * subcenters, dim]`` (class-major); a class's cosine
+    is its best sub-center's, so only that one is pulled towards the sample.
+    """
     cos = emb @ F.normalize(proxies, dim=1).T
+    if subcenters > 1:
+        cos = cos.view(len(emb), -1, subcenters).amax(dim=2)
     logits = scale * (cos - margin * F.one_hot(target, cos.shape[1]).to(cos.dtype))
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target, reduction=reduction)
+
+
+def subcenter_init(emb: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, k: int, gen: torch.Generator, iters: int = 10) -> torch.Tensor:
+    """``[classes * k, dim]`` sub-centers: spherical k-means of each class's clean views.
+
+    Sub-centers started at the class mean would all receive the same pulls and
+    stay one point; starting them on the class's own clusters lets each keep a
+    look. A class with fewer than ``k`` views repeats its mean (plus noise).
+    """
+    out = means.repeat_interleave(k, dim=0).clone()
+    for c in range(len(means)):
+        x = emb[labels == c]
+        if len(x) < k:
+            out[c * k : (c + 1) * k] = F.normalize(out[c * k : (c + 1) * k] + 1e-3 * torch.randn(k, means.shape[1], generator=gen), dim=1)
+            continue
+        centers = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+        for _ in range(iters):
+            assign = (x @ centers.T).argmax(dim=1)
+            for j in range(k):
+                if (assign == j).any():
+                    centers[j] = F.normalize(x[assign == j].mean(dim=0), dim=0)
+        out[c * k : (c + 1) * k] = centers
+    return out
 
 
 def random_feature_crop(x: torch.Tensor, min_share: float, gen: torch.Generator) -> torch.Tensor:
@@ -228,6 +261,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"select must be one of {SELECTIONS}, not {cfg.select!r}")
     if cfg.select == "best" and not cfg.evaluate:
         raise ValueError("select='best' needs the per-epoch evaluation (evaluate=True)")
+    if cfg.subcenters < 1:
+        raise ValueError(f"subcenters must be >= 1, not {cfg.subcenters}")
     if not 0.0 < cfg.feature_crop <= 1.0:
         raise ValueError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
     torch.set_num_threads(cfg.threads)
@@ -277,6 +312,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         proxies0 = torch.zeros(len(products), cfg.dim)
         proxies0.index_add_(0, labels[clean_idx], emb)
         proxies0 = F.normalize(proxies0 + 1e-6 * torch.randn_like(proxies0), dim=1)
+        if cfg.subcenters > 1:
+            proxies0 = subcenter_init(emb, labels[clean_idx], proxies0, cfg.subcenters, torch.Generator().manual_seed(cfg.seed))
     proxies = nn.Parameter(proxies0)
 
     params_tail = [p for p in tail.parameters() if p.requires_grad]
@@ -334,7 +371,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 break
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size].sort().values.numpy()
             x = random_feature_crop(torch.from_numpy(np.asarray(feats[idx], dtype=np.float32)), cfg.feature_crop, gen)
-            loss = cosface_loss(_embed_tail(model, tail, x), proxies, labels[idx], cfg.margin, cfg.scale)
+            loss = cosface_loss(_embed_tail(model, tail, x), proxies, labels[idx], cfg.margin, cfg.scale, cfg.subcenters)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

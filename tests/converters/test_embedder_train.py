@@ -59,7 +59,7 @@ def test_fit_head_on_real_images_gives_unit_vectors(grocery_dir: Path) -> None:
 def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
-        epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, select="last", cache_dir=tmp_path / "cache", holdout=20,
+        epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, select="last", cache_dir=tmp_path / "cache", holdout=20, subcenters=2,
     )
     result = train(cfg)
     first, last = np.mean(result.step_losses[:4]), np.mean(result.step_losses[-4:])
@@ -70,6 +70,40 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     # a rerun of the same command resumes from the state file: nothing left to train
     again = train(cfg)
     assert again.step_losses == result.step_losses
+
+
+def test_subcenter_cosface_scores_each_class_by_its_nearest_subcenter() -> None:
+    from shoplens.converters.train_embedder import cosface_loss
+
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)
+    target = torch.tensor([0, 1])
+    one = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # one proxy per class
+    # class 0 gets a second sub-center exactly on sample 0: its loss must fall; class 1 gets one far away: no change
+    two = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
+    plain = cosface_loss(emb, one, target, 0.2, 5.0, reduction="none")
+    sub = cosface_loss(emb, two, target, 0.2, 5.0, subcenters=2, reduction="none")
+    assert sub[0] < 0.5 * plain[0]
+    # sample 1: its own class is unchanged, but class 0's new sub-center is no closer to it
+    torch.testing.assert_close(sub[1], plain[1])
+    torch.testing.assert_close(cosface_loss(emb, one, target, 0.2, 5.0), plain.mean())
+
+
+def test_subcenter_init_starts_each_subcenter_on_a_cluster_of_its_class() -> None:
+    from shoplens.converters.train_embedder import subcenter_init
+
+    g = torch.Generator().manual_seed(0)
+    looks = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]), dim=1)
+    # class 0: two looks (front, back), 10 noisy views each; class 1: a single view (fewer than k)
+    x0 = torch.cat([looks[0] + 0.05 * torch.randn(10, 4, generator=g), looks[1] + 0.05 * torch.randn(10, 4, generator=g)])
+    emb = torch.nn.functional.normalize(torch.cat([x0, looks[2:3]]), dim=1)
+    labels = torch.tensor([0] * 20 + [1])
+    means = torch.nn.functional.normalize(torch.stack([x0.mean(0), looks[2]]), dim=1)
+    sub = subcenter_init(emb, labels, means, 2, torch.Generator().manual_seed(1))
+    assert sub.shape == (4, 4)
+    np.testing.assert_allclose(sub.norm(dim=1).numpy(), 1, atol=1e-5)
+    best = (sub[:2] @ looks[:2].T).amax(dim=0)  # each look has a sub-center of class 0 on it
+    assert bool((best > 0.99).all()), best
+    assert bool(((sub[2:] @ looks[2]) > 0.99).all())  # too few views: the mean, repeated
 
 
 def test_random_feature_crop_is_seeded_and_off_at_one() -> None:
@@ -134,6 +168,8 @@ def test_select_best_keeps_the_best_val_epoch(grocery_dir: Path, tmp_path: Path)
     assert abs(again["photo_iconic_r@1"] - result.metrics["photo_iconic_r@1"]) <= 1 / again["queries"] + 1e-9
     with pytest.raises(ValueError, match="needs the per-epoch evaluation"):
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", evaluate=False, select="best"))
+    with pytest.raises(ValueError, match="subcenters"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", subcenters=0))
     with pytest.raises(ValueError, match="feature_crop"):
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", feature_crop=0.0))
 
