@@ -107,7 +107,7 @@ def train_cmd(
     photo_views: int = typer.Option(3, help="Views per training photo (1 clean + augmented)."),
     iconic_views: int = typer.Option(16, help="Views per iconic image."),
     margin: float = typer.Option(0.2, help="CosFace margin."),
-    scale: float = typer.Option(30.0, help="CosFace scale."),
+    scale: float = typer.Option(10.0, help="CosFace scale (logit temperature); lower keeps more of the space than the usual 30."),
     subcenters: int = typer.Option(1, min=1, max=16, help="CosFace proxies per product (sub-center CosFace; 1 = plain CosFace)."),
     feature_crop: float = typer.Option(0.7, min=0.05, max=1.0, help="Random crop of the cached feature map per batch, side >= this share (1.0 = off)."),
     select: str = typer.Option("best", help="Checkpoint to keep: the 'best' val photo->iconic R@1 epoch, or the 'last' (with --no-eval: the last)."),
