@@ -182,3 +182,27 @@ def test_train_cli_rejects_an_unknown_select(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["embedder", "train", "--select", "worst", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'best' or 'last'" in res.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented `shoplens embedder train --seed 0` must train what TrainConfig documents (the
+    defaults are written twice: the CLI keeps torch out of --help), and every option must arrive."""
+    import dataclasses
+    import inspect
+
+    from typer.testing import CliRunner
+
+    from shoplens.cli import app
+    from shoplens.converters import train_embedder
+    from shoplens.converters.embedder_cli import train_cmd
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select"} <= shared.keys()
+    assert shared == {n: fields[n] for n in shared}
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
+    res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert (seen[0].scale, seen[0].subcenters, seen[0].margin) == (7.0, 2, 0.3)
