@@ -62,12 +62,17 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
 
+POOLS = ("avg", "gem")
+
+
 class Embedder(nn.Module):
     """Trunk -> pool -> linear -> L2. ``forward`` takes NHWC uint8-valued RGB (any dtype), 0-255."""
 
     def __init__(self, config: EmbedderConfig, trunk: nn.Module) -> None:
         super().__init__()
         spec = get_trunk(config.trunk)
+        if config.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {config.pool!r}")
         self.config = config
         self.trunk = trunk
         self.pool: nn.Module | None = GeM(config.gem_p) if config.pool == "gem" else None

@@ -37,7 +37,7 @@ object Shoplens {
     const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.name
     const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.shape[1]
     const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
-    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-5f848a061a5c"       // manifest: resnet50v2-s3-256 embedder.model_id
+    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-fc76b3dd0313"       // manifest: resnet50v2-s3-256 embedder.model_id
     const val CROP_MARGIN = 0.10f
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shoplens.converters.embedder_data import load_catalog
 from shoplens.converters.embedder_eval import recall_at, topk_overlap
@@ -60,6 +61,7 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
         epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, select="last", cache_dir=tmp_path / "cache", holdout=20, subcenters=2,
+        pool="gem", pair_weight=0.0,  # the plain CosFace path with random batches (the defaults use the pair term)
     )
     result = train(cfg)
     first, last = np.mean(result.step_losses[:4]), np.mean(result.step_losses[-4:])
@@ -67,6 +69,7 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     assert last < first - 0.1, f"loss did not go down: {first:.3f} -> {last:.3f}"
     model, blob = load_checkpoint(cfg.out)
     assert model.config.dim == 32 and len(model.config.meta["held_out_products"]) == 20
+    assert model.config.pool == "gem" and model.pool is not None and float(model.pool.p) != 3.0  # GeM's p is learnt
     # a rerun of the same command resumes from the state file: nothing left to train
     again = train(cfg)
     assert again.step_losses == result.step_losses
@@ -104,6 +107,35 @@ def test_subcenter_init_starts_each_subcenter_on_a_cluster_of_its_class() -> Non
     best = (sub[:2] @ looks[:2].T).amax(dim=0)  # each look has a sub-center of class 0 on it
     assert bool((best > 0.99).all()), best
     assert bool(((sub[2:] @ looks[2]) > 0.99).all())  # too few views: the mean, repeated
+
+
+def test_supcon_loss_is_low_when_products_cluster_and_high_when_they_mix() -> None:
+    from shoplens.converters.train_embedder import supcon_loss
+
+    e = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.05, 1.0]]), dim=1)
+    grouped = supcon_loss(e, torch.tensor([0, 0, 1, 1]), 0.1)
+    mixed = supcon_loss(e, torch.tensor([0, 1, 0, 1]), 0.1)
+    assert grouped < 0.01 and mixed > 9.0
+    # views with no positive in the batch do not count: only the pair (0, 1) scores here, as when 2 and 3 share a label
+    # far from it; a batch of singletons gives 0, not NaN
+    partial = supcon_loss(e, torch.tensor([0, 0, 1, 2]), 0.1)
+    assert torch.isfinite(partial) and partial < 0.01
+    assert supcon_loss(e, torch.tensor([0, 1, 2, 3]), 0.1).item() == 0.0
+
+
+def test_class_balanced_order_covers_every_view_once_with_k_views_per_product() -> None:
+    from shoplens.converters.train_embedder import class_balanced_order
+
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 30 + [3] * 3)
+    batches = class_balanced_order(labels, 4, 16, torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(labels)))
+    assert all(len(b) <= 16 for b in batches)
+    # views come in chunks of K=4 per product: every view of a product with >= 4 views has a positive in its batch
+    for b in batches:
+        counts = torch.bincount(labels[b], minlength=4)
+        assert all(counts[c] >= 2 for c in torch.unique(labels[b]).tolist()), counts
+    again = class_balanced_order(labels, 4, 16, torch.Generator().manual_seed(0))
+    assert all((a == b).all() for a, b in zip(batches, again))
 
 
 def test_random_feature_crop_is_seeded_and_off_at_one() -> None:
@@ -172,6 +204,10 @@ def test_select_best_keeps_the_best_val_epoch(grocery_dir: Path, tmp_path: Path)
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", subcenters=0))
     with pytest.raises(ValueError, match="feature_crop"):
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", feature_crop=0.0))
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", pair_weight=1.0, classes_per_batch=0))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", pool="max"))
 
 
 def test_train_cli_rejects_an_unknown_select(tmp_path: Path) -> None:
@@ -198,11 +234,13 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "pool", "pair_weight", "classes_per_batch"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
-    res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3"])
+    res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
+                                   "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8"])
     assert res.exit_code == 0, res.output
-    assert (seen[0].scale, seen[0].subcenters, seen[0].margin) == (7.0, 2, 0.3)
+    c = seen[0]
+    assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
