@@ -123,10 +123,12 @@ def train_cmd(
     threads: int = typer.Option(2),
 ) -> None:
     """Fine-tune on product ids (CosFace + a photo-photo contrastive term), iconic images as samples, consumer augmentation; seeded, resumable."""
+    from shoplens.converters.embedder_model import POOLS
     from shoplens.converters.train_embedder import SELECTIONS, TrainConfig, train
 
-    if select not in SELECTIONS:
-        raise typer.BadParameter(f"{select!r}: use " + " or ".join(map(repr, SELECTIONS)), param_hint="--select")
+    for value, allowed, hint in ((select, SELECTIONS, "--select"), (pool, POOLS, "--pool")):
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r}: use " + " or ".join(map(repr, allowed)), param_hint=hint)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = out or _default_checkpoint("resnet50v2-s3-256" if holdout == 0 else f"resnet50v2-s3-256-holdout{holdout}")
     cfg = TrainConfig(

@@ -379,10 +379,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         weight_decay=cfg.weight_decay,
     )
     steps_per_epoch = math.ceil(len(train_views) / cfg.batch_size)
-    if cfg.pair_weight > 0:  # class-balanced batches: their count depends only on the labels (the chunks per product)
-        k = max(1, cfg.batch_size // cfg.classes_per_batch)
-        chunks = sum(math.ceil(int(n) / k) for n in torch.bincount(labels).tolist() if n)
-        steps_per_epoch = math.ceil(chunks / max(1, cfg.batch_size // k))
+    if cfg.pair_weight > 0:  # the number of class-balanced batches depends on the labels only, not on the shuffle
+        steps_per_epoch = len(class_balanced_order(labels, cfg.classes_per_batch, cfg.batch_size, torch.Generator().manual_seed(0)))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -420,6 +418,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if step >= total_steps:
             break
         gen.manual_seed(cfg.seed * 1000 + epoch)
+        # drawn in both paths: the class-balanced batches then come from the same seeded stream as in the shipped run
         order = torch.randperm(len(train_views), generator=gen)
         batches = class_balanced_order(labels, cfg.classes_per_batch, cfg.batch_size, gen) if cfg.pair_weight > 0 else None
         tail.train()

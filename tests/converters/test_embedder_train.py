@@ -116,8 +116,8 @@ def test_supcon_loss_is_low_when_products_cluster_and_high_when_they_mix() -> No
     grouped = supcon_loss(e, torch.tensor([0, 0, 1, 1]), 0.1)
     mixed = supcon_loss(e, torch.tensor([0, 1, 0, 1]), 0.1)
     assert grouped < 0.01 and mixed > 9.0
-    # views with no positive in the batch do not count: only the pair (0, 1) scores here, as when 2 and 3 share a label
-    # far from it; a batch of singletons gives 0, not NaN
+    # views with no positive in the batch do not count: only the close pair (0, 1) scores here;
+    # a batch of singletons gives 0, not NaN
     partial = supcon_loss(e, torch.tensor([0, 0, 1, 2]), 0.1)
     assert torch.isfinite(partial) and partial < 0.01
     assert supcon_loss(e, torch.tensor([0, 1, 2, 3]), 0.1).item() == 0.0
@@ -210,13 +210,16 @@ def test_select_best_keeps_the_best_val_epoch(grocery_dir: Path, tmp_path: Path)
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", pool="max"))
 
 
-def test_train_cli_rejects_an_unknown_select(tmp_path: Path) -> None:
+def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from shoplens.cli import app
 
     res = CliRunner().invoke(app, ["embedder", "train", "--select", "worst", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'best' or 'last'" in res.output
+    assert not (tmp_path / "x.pt").exists()
+    res = CliRunner().invoke(app, ["embedder", "train", "--pool", "max", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "use 'avg' or 'gem'" in res.output
     assert not (tmp_path / "x.pt").exists()
 
 
