@@ -115,6 +115,7 @@ def train_cmd(
     classes_per_batch: int = typer.Option(16, min=1, help="Products per class-balanced batch (with --pair-weight > 0)."),
     feature_crop: float = typer.Option(0.7, min=0.05, max=1.0, help="Random crop of the cached feature map per batch, side >= this share (1.0 = off)."),
     select: str = typer.Option("best", help="Checkpoint to keep: the 'best' val photo->iconic R@1 epoch, or the 'last' (with --no-eval: the last)."),
+    interpolate: str = typer.Option("", help="Comma-separated factors a in [0, 1): each epoch also evaluates start + a * (tuned - start) (WiSE-FT), and --select best chooses among epoch x factor; empty = off."),
     holdout: int = typer.Option(0, help="Products kept out of training (to measure new-product retrieval)."),
     seed: int = typer.Option(0),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
@@ -129,17 +130,23 @@ def train_cmd(
     for value, allowed, hint in ((select, SELECTIONS, "--select"), (pool, POOLS, "--pool")):
         if value not in allowed:
             raise typer.BadParameter(f"{value!r}: use " + " or ".join(map(repr, allowed)), param_hint=hint)
+    try:
+        factors = [float(x) for x in interpolate.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{interpolate!r}: use comma-separated numbers such as 0.5,0.7", param_hint="--interpolate") from None
+    if any(not 0.0 <= a < 1.0 for a in factors):
+        raise typer.BadParameter(f"{interpolate!r}: every factor must be in [0, 1)", param_hint="--interpolate")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = out or _default_checkpoint("resnet50v2-s3-256" if holdout == 0 else f"resnet50v2-s3-256-holdout{holdout}")
     cfg = TrainConfig(
         catalog=_catalog_dir(catalog), out=out, labels=labels, trunk=trunk, weights=weights, random_init=random_init, dim=dim,
         input_size=input_size, pool=pool, pair_weight=pair_weight, pair_temperature=pair_temperature, classes_per_batch=classes_per_batch, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
-        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, subcenters=subcenters, feature_crop=feature_crop,
+        photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, subcenters=subcenters, feature_crop=feature_crop, interpolate=factors,
         select=select if not no_eval else "last", holdout=holdout, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,
     )
     result = train(cfg)
-    console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "selected_epoch": result.selected_epoch, "seconds": round(result.seconds, 1)}, indent=2))
+    console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "selected_epoch": result.selected_epoch, "selected_interpolation": result.selected_alpha, "seconds": round(result.seconds, 1)}, indent=2))
 
 
 @embedder_app.command("eval")

@@ -99,6 +99,10 @@ class TrainConfig:
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
     feature_crop: float = 0.7
     select: str = "best"  # "best" val photo->iconic R@1 epoch (needs evaluate), or the "last"
+    # weight-space interpolation towards the starting point (ImageNet tail + PCA head), WiSE-FT style:
+    # each epoch also evaluates ``start + a * (tuned - start)`` for these a (< 1), and ``select="best"``
+    # chooses among epoch x a; empty = off
+    interpolate: list[float] = field(default_factory=list)
     holdout: int = 0
     holdout_seed: int = 0
     seed: int = 0
@@ -123,6 +127,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     held_out: list[int] = field(default_factory=list)
     selected_epoch: int = 0  # the epoch whose weights the checkpoint holds
+    selected_alpha: float = 1.0  # its interpolation factor towards the start (1.0 = the tuned weights as they are)
     seconds: float = 0.0
 
 
@@ -299,6 +304,16 @@ def random_feature_crop(x: torch.Tensor, min_share: float, gen: torch.Generator)
     return torch.stack([xi[:, y : y + ch, x0 : x0 + cw] for xi, y, x0 in zip(x, oy, ox)])
 
 
+def interpolate_state(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], a: float) -> dict[str, torch.Tensor]:
+    """``start + a * (tuned - start)`` for float tensors (integer buffers such as BN counters are taken from ``tuned``).
+
+    Fine-tuning on ~80 products pulls the space towards them; part of the way back
+    towards the ImageNet start keeps more of what transfers to products added later
+    (WiSE-FT, Wortsman et al. 2022); the start is the same network, so the path is smooth.
+    """
+    return {k: (start[k] + a * (v - start[k])) if v.is_floating_point() else v for k, v in tuned.items()}
+
+
 SELECT_METRIC = "photo_iconic_r@1"
 SELECTIONS = ("best", "last")
 
@@ -322,6 +337,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError("pair_weight must be >= 0, pair_temperature > 0 and 1 <= classes_per_batch <= batch_size")
     if not 0.0 < cfg.feature_crop <= 1.0:
         raise ValueError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
+    if any(not 0.0 <= a < 1.0 for a in cfg.interpolate):
+        raise ValueError(f"interpolate factors must be in [0, 1), not {cfg.interpolate}")
+    if cfg.interpolate and not cfg.evaluate:
+        raise ValueError("interpolate needs the per-epoch evaluation (evaluate=True)")
     torch.set_num_threads(cfg.threads)
     _set_seed(cfg.seed)
     catalog: Catalog = load_catalog(cfg.catalog)
@@ -372,6 +391,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.subcenters > 1:
             proxies0 = subcenter_init(emb, labels[clean_idx], proxies0, cfg.subcenters, torch.Generator().manual_seed(cfg.seed))
     proxies = nn.Parameter(proxies0)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # deterministic: rebuilt on resume
 
     params_tail = [p for p in tail.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -448,10 +468,21 @@ def train(cfg: TrainConfig) -> TrainResult:
         row = {"epoch": float(epoch + 1), "loss": result.losses[-1]}
         if cfg.evaluate:
             row.update(run_eval())
+        tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        candidates = [(1.0, row.get(SELECT_METRIC, float("nan")))]
+        for a in cfg.interpolate:
+            model.load_state_dict(interpolate_state(start_state, tuned, a))
+            m = run_eval()
+            row.update({f"a{a:g}/{k}": v for k, v in m.items() if k != "queries" and k != "unseen_queries"})
+            candidates.append((a, m[SELECT_METRIC]))
+        model.load_state_dict(tuned)
         result.history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        if cfg.select == "best" and (not best or row[SELECT_METRIC] > best["score"]):
-            best = {"epoch": epoch + 1, "score": row[SELECT_METRIC], "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if cfg.select == "best":
+            a, score = max(candidates, key=lambda c: c[1])  # ties keep the larger factor (listed first)
+            if not best or score > best["score"]:
+                state = tuned if a == 1.0 else interpolate_state(start_state, tuned, a)
+                best = {"epoch": epoch + 1, "alpha": a, "score": score, "model": state}
         state_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"config": cfg.to_json(), "model": model.state_dict(), "proxies": proxies.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -460,14 +491,17 @@ def train(cfg: TrainConfig) -> TrainResult:
             state_path,
         )
 
-    selected = len(result.history)
+    selected, alpha = len(result.history), 1.0
     if best:  # ship the best val epoch: restore its weights (chosen on val, the set the figures are reported on)
         model.load_state_dict(best["model"])
-        selected = best["epoch"]
+        selected, alpha = best["epoch"], best.get("alpha", 1.0)
     if cfg.evaluate:  # the selected epoch's evaluation is the final one; evaluate only if no epoch ran it
         row = result.history[selected - 1] if result.history else {}
-        result.metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss")} if "queries" in row else run_eval()
+        prefix = "" if alpha == 1.0 else f"a{alpha:g}/"
+        picked = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and "/" not in k[len(prefix):] and k not in ("epoch", "loss")}
+        result.metrics = run_eval() if "queries" not in row else {**picked, **{k: row[k] for k in ("queries", "unseen_queries") if k in row}}
     result.selected_epoch = selected
+    result.selected_alpha = alpha
     result.seconds = time.time() - t0
     model.config.meta.update({
         "train": cfg.to_json(),
@@ -475,6 +509,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "metrics": result.metrics,
         "history": result.history,
         "selected_epoch": selected,
+        "selected_interpolation": alpha,
         "selection": f"best val {SELECT_METRIC}" if best else "last epoch",
     })
     save_checkpoint(model, cfg.out)

@@ -13,6 +13,7 @@ from shoplens.converters.embedder_data import load_catalog
 from shoplens.converters.embedder_eval import recall_at, topk_overlap
 from shoplens.converters.embedder_head import fit_head, pca_projection
 from shoplens.converters.embedder_model import EmbedderConfig, build_embedder, load_checkpoint
+from shoplens.converters.train_embedder import SELECT_METRIC as SELECT
 from shoplens.converters.train_embedder import TrainConfig, train
 
 
@@ -221,6 +222,10 @@ def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["embedder", "train", "--pool", "max", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'avg' or 'gem'" in res.output
     assert not (tmp_path / "x.pt").exists()
+    for bad, says in (("0.5,x", "comma-separated numbers"), ("1.0", "in [0, 1)"), ("-0.1", "in [0, 1)")):
+        res = CliRunner().invoke(app, ["embedder", "train", "--interpolate", bad, "--out", str(tmp_path / "x.pt")])
+        assert res.exit_code == 2 and says in res.output, res.output
+        assert not (tmp_path / "x.pt").exists()
 
 
 def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,7 +248,40 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
-                                   "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8"])
+                                   "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
+                                   "--interpolate", "0.5, 0.7"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
+    assert c.interpolate == [0.5, 0.7]
+    res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
+
+
+def test_interpolate_selects_among_epochs_and_factors(grocery_dir: Path, tmp_path: Path) -> None:
+    """WiSE-FT factors are evaluated every epoch; the checkpoint holds the chosen epoch x factor and reproduces its figures."""
+    from shoplens.converters.train_embedder import interpolate_state
+
+    cat = _small_catalog(grocery_dir, tmp_path / "cat")
+    cfg = TrainConfig(
+        catalog=cat, out=tmp_path / "wise.pt", input_size=64, dim=32, photo_views=2, iconic_views=2, epochs=2, batch_size=32,
+        lr=5e-4, head_lr=5e-3, cache_dir=tmp_path / "cache", select="best", interpolate=[0.0, 0.5], holdout=20,
+    )
+    result = train(cfg)
+    rows = result.history
+    assert all(f"a0/{SELECT}" in r and f"a0.5/{SELECT}" in r and f"a0.5/unseen_photo_iconic_r@1" in r for r in rows)
+    # factor 0 is the starting point in every epoch: the same figures each time
+    assert rows[0][f"a0/{SELECT}"] == rows[1][f"a0/{SELECT}"]
+    candidates = [(r[k], -i, -j) for i, r in enumerate(rows) for j, k in enumerate((SELECT, f"a0/{SELECT}", f"a0.5/{SELECT}"))]
+    score, neg_epoch, neg_j = max(candidates)
+    assert result.selected_epoch == 1 - neg_epoch and result.selected_alpha == (1.0, 0.0, 0.5)[-neg_j]
+    assert result.metrics[SELECT] == score and "unseen_photo_iconic_r@1" in result.metrics
+    _, blob = load_checkpoint(cfg.out)
+    assert blob["config"]["meta"]["selected_interpolation"] == result.selected_alpha
+    # the arithmetic: floats move along the line, integer buffers are the tuned ones
+    a = {"w": torch.zeros(2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2) * 4, "n": torch.tensor(7)}
+    mid = interpolate_state(a, b, 0.25)
+    assert torch.equal(mid["w"], torch.ones(2)) and int(mid["n"]) == 7
+    with pytest.raises(ValueError, match="interpolate"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", interpolate=[1.5]))
