@@ -7,7 +7,9 @@ Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qp
 --m 16 --ef-construction 64 --ef 64 (HNSW, server and faiss; Lite keeps no index params), --uri
 (an existing server instead of starting the PyPI ``milvus`` one), --tag (row label), --work DIR
 (keep the built collection and faiss index; a rerun with the same DIR measures without rebuilding),
---build-only (with --work: insert and build, measure later, e.g. when the machine is quiet).
+--build-only (with --work: insert and build, measure later, e.g. when the machine is quiet),
+--segment-max-mb 1024 --seal-proportion 0.6 (segment sizes of the server this script starts: fewer,
+larger segments than Milvus 2.3's 512 / 0.23, see docs/cloud.md "Segment size").
 
 Data (``--data``, seeded): ``catalog`` (the default) is shaped like a product catalog: ``n/1000``
 category centres, ``n/5`` products around them (same-category products at cosine ~0.6), 5 images
@@ -237,6 +239,10 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     ap.add_argument("--work", type=Path, default=None,
                     help="keep the Milvus data (and faiss index) here: a rerun with the same --n/--m/--ef-construction "
                          "reuses the built collection instead of inserting and indexing again (server backend)")
+    ap.add_argument("--segment-max-mb", type=int, default=1024,
+                    help="the started server's dataCoord.segment.maxSize (Milvus 2.3 default 512); see docs/cloud.md 'Segment size'")
+    ap.add_argument("--seal-proportion", type=float, default=0.6,
+                    help="the started server's dataCoord.segment.sealProportion (Milvus 2.3 default 0.23)")
     ap.add_argument("--build-only", action="store_true",
                     help="stop after insert + index build (+ faiss build) into --work; measure later with the same --work")
     args = ap.parse_args()
@@ -254,9 +260,14 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     work.mkdir(parents=True, exist_ok=True)
     build_file = work / "build.json"
     build_key = {"backend": args.backend, "n": args.n, "m": args.m, "ef_construction": args.ef_construction, "data": args.data}
+    segment_config = {"dataCoord.segment.maxSize": args.segment_max_mb, "dataCoord.segment.sealProportion": args.seal_proportion}
+    if args.backend == "server" and not args.uri:  # the layout of the built collection depends on them
+        build_key["server_config"] = segment_config
     built = json.loads(build_file.read_text()) if build_file.is_file() else None
     if built is not None:
         built["key"].setdefault("data", "flat")  # builds made before --data existed
+        if args.backend == "server" and not args.uri:  # builds made before the segment options: Milvus defaults
+            built["key"].setdefault("server_config", {"dataCoord.segment.maxSize": 512, "dataCoord.segment.sealProportion": 0.23})
     if built is not None and built.get("key") != build_key:
         raise SystemExit(f"{work} holds a build for {built.get('key')}, not {build_key}: use another --work")
     server = None
@@ -266,6 +277,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
 
         default_server.set_base_dir(str(work / "milvus"))
         default_server.listen_port = free_port()
+        for key, value in segment_config.items():
+            default_server.config.set(key, value)
         default_server.start()
         server = default_server
         server_pid = default_server.server_proc.pid if default_server.server_proc else None
@@ -310,6 +323,11 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             if keep:
                 build_file.write_text(json.dumps({"key": build_key, "row": {k: row[k] for k in (
                     "insert_s", "insert_rows_per_s", "index_build_s", "index")}}))
+        if args.backend == "server":  # how the rows ended up split: each search visits every segment
+            segments = store.segment_rows(binding) or []
+            row["segments"], row["segment_rows"] = len(segments), segments
+            if not args.uri:
+                row["server_config"] = segment_config
         if args.build_only:
             if not args.skip_faiss:
                 faiss_hnsw(x, args.m, args.ef_construction, work)  # built and kept for the measuring run

@@ -550,6 +550,19 @@ class CatalogStore:
                            consistency_level=self.settings.read_consistency)
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def segment_rows(self, binding: Binding) -> list[int] | None:
+        """Rows of each sealed segment loaded for search, largest first; None on Milvus Lite (it does not report segments).
+
+        Why it is worth watching: a search visits every sealed segment's index and
+        merges, so the same rows in many small segments cost several times the CPU
+        of a few large ones (docs/cloud.md, "Segment size").
+        """
+        if self.lite:
+            return None
+        with self._call("segments") as c:
+            segments = c.list_loaded_segments(binding.collection)
+        return sorted((int(s.num_rows) for s in segments), reverse=True)
+
     def _search_request(self, binding: Binding, vectors: np.ndarray, top_k: int, expr: str) -> tuple[dict[str, Any], str]:
         """The keyword arguments of one Milvus search (either client), and the grouping path."""
         native = self.capabilities.native_grouping

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="warn when a Milvus Lite collection holds more rows than this (measured: HTTP p99 22 ms "
         "at 20k, 80 ms at 50k, 223 ms at 100k; benchmarks/results/cloud_search.json)",
     )
+    segment_warn_count: int = Field(
+        default=8,
+        ge=1,
+        description="warn when a server collection is spread over at least this many segments, with a median "
+        "below segment_warn_rows rows (each search visits every segment; docs/cloud.md, 'Segment size')",
+    )
+    segment_warn_rows: int = Field(default=100_000, ge=1, description="see segment_warn_count")
     read_consistency: Literal["Session", "Strong", "Bounded", "Eventually"] = Field(
         default="Session",
         description="consistency of searches/queries: Session sees this process's own writes without "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,25 @@ def test_server_index_types_serve_exact_top_products(milvus_server, tmp_path, cl
         assert len(got) == len(set(got)) == 5
         agree += got[0] == exact_products(catalog, v, 1)[0]
     assert agree >= 9  # approximate indexes may miss, but the nearest product is found
+
+
+def test_stats_report_segments_on_servers_and_warn_when_fragmented(backend, client_for, catalog):
+    kind, make = backend
+    strict = client_for(make(segment_warn_count=1, segment_warn_rows=10**9))  # any layout counts as fragmented
+    assert strict.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    assert strict.post("/v1/catalog/flush", headers=ADMIN_H).status_code == 200
+    stats = strict.get("/v1/stats", headers=ADMIN_H).json()
+    fragmented = [w for w in stats["warnings"] if "dataCoord.segment.maxSize" in w]
+    if kind == "lite":  # Lite does not report segments: no figure, no warning
+        assert stats["segments"] is None and not fragmented, stats
+        return
+    deadline = time.monotonic() + 60  # a flushed segment is counted once the query node has loaded it sealed
+    while stats["segments"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stats = strict.get("/v1/stats", headers=ADMIN_H).json()
+    fragmented = [w for w in stats["warnings"] if "dataCoord.segment.maxSize" in w]
+    assert isinstance(stats["segments"], int) and stats["segments"] >= 1, stats
+    assert len(fragmented) == 1 and f"over {stats['segments']} segments" in fragmented[0], stats
+    relaxed = client_for(make()).get("/v1/stats", headers=ADMIN_H).json()  # defaults: a small catalog is fine
+    assert relaxed["segments"] == stats["segments"]
+    assert not any("dataCoord.segment.maxSize" in w for w in relaxed["warnings"]), relaxed
