@@ -260,19 +260,20 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     work.mkdir(parents=True, exist_ok=True)
     build_file = work / "build.json"
     build_key = {"backend": args.backend, "n": args.n, "m": args.m, "ef_construction": args.ef_construction, "data": args.data}
+    own_server = args.backend == "server" and not args.uri  # the PyPI ``milvus`` server, started here
     segment_config = {"dataCoord.segment.maxSize": args.segment_max_mb, "dataCoord.segment.sealProportion": args.seal_proportion}
-    if args.backend == "server" and not args.uri:  # the layout of the built collection depends on them
+    if own_server:  # the layout of the built collection depends on them
         build_key["server_config"] = segment_config
     built = json.loads(build_file.read_text()) if build_file.is_file() else None
     if built is not None:
         built["key"].setdefault("data", "flat")  # builds made before --data existed
-        if args.backend == "server" and not args.uri:  # builds made before the segment options: Milvus defaults
+        if own_server:  # builds made before the segment options: Milvus defaults
             built["key"].setdefault("server_config", {"dataCoord.segment.maxSize": 512, "dataCoord.segment.sealProportion": 0.23})
     if built is not None and built.get("key") != build_key:
         raise SystemExit(f"{work} holds a build for {built.get('key')}, not {build_key}: use another --work")
     server = None
     server_pid: int | None = None
-    if args.backend == "server" and not args.uri:
+    if own_server:
         from milvus import default_server
 
         default_server.set_base_dir(str(work / "milvus"))
@@ -326,7 +327,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         if args.backend == "server":  # how the rows ended up split: each search visits every segment
             segments = store.segment_rows(binding) or []
             row["segments"], row["segment_rows"] = len(segments), segments
-            if not args.uri:
+            if own_server:
                 row["server_config"] = segment_config
         if args.build_only:
             if not args.skip_faiss:

@@ -185,10 +185,11 @@ class ServiceState:
         )
 
     def segment_warning(self, segment_rows: list[int] | None) -> str | None:
-        n = len(segment_rows or [])
+        rows = segment_rows or []
+        n = len(rows)
         if n < self.settings.segment_warn_count:
             return None
-        median = int(statistics.median(segment_rows or [0]))
+        median = int(statistics.median(rows))
         if median >= self.settings.segment_warn_rows:
             return None
         return (
