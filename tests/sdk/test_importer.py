@@ -134,3 +134,43 @@ def test_ray_engine_matches_local(tmp_path: Path, grocery_dir: Path, mobilenet_b
     assert {k: v.vector for k, v in local.rows.items()} == {k: v.vector for k, v in distributed.rows.items()}
     again = import_catalog_ray(read_catalog(cat), embedder=mobilenet_bundle, detector=None, sink=distributed, state_path=tmp_path / "r.db", workers=2)
     assert (again.imported, again.already_done) == (0, 10)
+
+
+class _FlakyRay:
+    """Stands in for the ``ray`` module: the first ``init`` raises ``first_error``."""
+
+    def __init__(self, first_error: Exception) -> None:
+        self.first_error, self.inits, self.shutdowns = first_error, [], 0
+
+    def init(self, address: str | None = None, **kwargs: object) -> None:
+        self.inits.append(address)
+        if len(self.inits) == 1:
+            raise self.first_error
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("Timed out waiting for file /tmp/ray/session_latest/logs/gcs_server.out"),
+    Exception("The current node timed out during startup. This could happen because some of the raylet failed to startup"),
+])
+def test_a_slow_local_ray_start_is_retried_once(error: Exception) -> None:
+    from shoplens.sdk.ray_import import _init_ray
+
+    ray = _FlakyRay(error)
+    _init_ray(ray, None, workers=2)
+    assert (ray.inits, ray.shutdowns) == ([None, None], 1)
+
+
+@pytest.mark.parametrize(("address", "error"), [
+    (None, RuntimeError("some other failure")),
+    ("ray://10.0.0.1:10001", Exception("The current node timed out during startup.")),  # a cluster's problem: say so at once
+])
+def test_other_ray_start_failures_are_not_retried(address: str | None, error: Exception) -> None:
+    from shoplens.sdk.ray_import import _init_ray
+
+    ray = _FlakyRay(error)
+    with pytest.raises(type(error)):
+        _init_ray(ray, address, workers=2)
+    assert (len(ray.inits), ray.shutdowns) == (1, 0)
