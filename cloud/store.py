@@ -554,8 +554,9 @@ class CatalogStore:
         """Rows of each sealed segment loaded for search, largest first; None on Milvus Lite (it does not report segments).
 
         Why it is worth watching: a search visits every sealed segment's index and
-        merges, so the same rows in many small segments cost several times the CPU
-        of a few large ones (docs/cloud.md, "Segment size").
+        merges, so the same rows in many small segments cost more per search than in a
+        few large ones (measured at 1M: p50 6.5 ms over 22 segments, 5.7 over 5;
+        docs/cloud.md, "Segment size").
         """
         if self.lite:
             return None
