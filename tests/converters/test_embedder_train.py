@@ -76,6 +76,40 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     assert again.step_losses == result.step_losses
 
 
+def test_relation_distillation_keeps_cross_product_cosines_and_ignores_same_product_pairs() -> None:
+    from shoplens.converters.train_embedder import relation_distill_loss
+
+    start = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=1)
+    target = torch.tensor([0, 0, 1, 2])
+    assert float(relation_distill_loss(start, start, target)) == 0.0
+    # view 1 moves onto view 0 (same product): only its cosines to the other products may count
+    pulled = start.clone()
+    pulled[1] = start[0]
+    expected = ((pulled @ pulled.T - start @ start.T)[target[:, None] != target[None, :]] ** 2).mean()
+    torch.testing.assert_close(relation_distill_loss(pulled, start, target), expected)
+    # two views of one product collapsing together costs nothing when nothing else moves
+    same = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    assert float(relation_distill_loss(same[[0, 0]], same, torch.tensor([0, 0]))) == 0.0
+    # products drawn together are penalised, and the gradient reaches the tuned embedding
+    moved = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.7, 0.7, 0.0], [0.0, 0.0, 1.0]]), dim=1).requires_grad_()
+    loss = relation_distill_loss(moved, start, target)
+    loss.backward()
+    assert float(loss) > 0.01 and moved.grad is not None and float(moved.grad[2].abs().sum()) > 0
+
+
+def test_short_training_run_with_distillation_trains_and_records_it(grocery_dir: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
+        epochs=1, batch_size=32, max_steps=6, evaluate=False, select="last", cache_dir=tmp_path / "cache", distill_weight=5.0,
+    )
+    result = train(cfg)
+    assert len(result.step_losses) == 6 and all(np.isfinite(result.step_losses))
+    model, _ = load_checkpoint(cfg.out)
+    assert model.config.meta["train"]["distill_weight"] == 5.0
+    with pytest.raises(ValueError, match="distill_weight"):
+        train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", distill_weight=-1.0))
+
+
 def test_subcenter_cosface_scores_each_class_by_its_nearest_subcenter() -> None:
     from shoplens.converters.train_embedder import cosface_loss
 
@@ -242,18 +276,18 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "pool", "pair_weight", "classes_per_batch"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "pool", "pair_weight", "classes_per_batch", "distill_weight"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7]
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
