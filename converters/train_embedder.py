@@ -96,10 +96,10 @@ class TrainConfig:
     pair_weight: float = 2.0
     pair_temperature: float = 0.1
     # relational distillation towards the starting embedding (ImageNet tail + PCA head; weight, 0 = off):
-    # the mean squared change of the cosine between views of *different* products in a batch. Why: the
-    # fine-tuned space collapses onto the trained products (90% of the variance of the picked held-out
-    # checkpoint in 27 of 256 dims), and new products must be told apart inside it; this keeps the
-    # ImageNet space's relations between products while same-product views are still pulled together
+    # the mean squared change of the cosine between views of *different* products in a batch, so the
+    # ImageNet space's relations between products are kept while same-product views still gather.
+    # Meant for new products (the tuned space puts 90% of its variance in ~25 of 256 dims); on Grocery
+    # Store at 10 it did not help them (docs/embedder.md: the start is itself that concentrated)
     distill_weight: float = 0.0
     classes_per_batch: int = 16
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
