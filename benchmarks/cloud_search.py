@@ -181,6 +181,48 @@ class KeepAliveClient:
         self._conn.close()
 
 
+#: Milvus 2.3's own segment sizes: builds kept before --segment-max-mb / --seal-proportion existed used them
+MILVUS_DEFAULT_SEGMENTS = {"dataCoord.segment.maxSize": 512, "dataCoord.segment.sealProportion": 0.23}
+
+
+def load_build(work: Path, own_server: bool) -> dict[str, Any] | None:
+    """The build kept in ``work`` by ``--work`` (its key and build-time row), None if there is none.
+
+    Keys of builds made before an option existed get the value they were built with.
+    """
+    build_file = work / "build.json"
+    if not build_file.is_file():
+        return None
+    built = json.loads(build_file.read_text())
+    built["key"].setdefault("data", "flat")  # builds made before --data existed
+    if own_server:
+        built["key"].setdefault("server_config", dict(MILVUS_DEFAULT_SEGMENTS))
+    return built
+
+
+def start_server(base: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """Start the PyPI ``milvus`` server on ``base`` with these config keys (and server environment)."""
+    from milvus import MilvusServer
+
+    env = env or {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the server process inherits this process's environment
+    try:
+        server = MilvusServer()
+        server.set_base_dir(str(base))
+        server.listen_port = free_port()
+        for k, v in config.items():
+            server.config.set(k, v)
+        server.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return server
+
+
 def faiss_hnsw(x: np.ndarray, m: int, ef_construction: int, keep_dir: Path | None) -> tuple[Any, float]:
     """The in-process HNSW peer and its build seconds; with ``keep_dir`` loaded from there if built before, else saved."""
     import faiss
@@ -264,26 +306,15 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     segment_config = {"dataCoord.segment.maxSize": args.segment_max_mb, "dataCoord.segment.sealProportion": args.seal_proportion}
     if own_server:  # the layout of the built collection depends on them
         build_key["server_config"] = segment_config
-    built = json.loads(build_file.read_text()) if build_file.is_file() else None
-    if built is not None:
-        built["key"].setdefault("data", "flat")  # builds made before --data existed
-        if own_server:  # builds made before the segment options: Milvus defaults
-            built["key"].setdefault("server_config", {"dataCoord.segment.maxSize": 512, "dataCoord.segment.sealProportion": 0.23})
+    built = load_build(work, own_server)
     if built is not None and built.get("key") != build_key:
         raise SystemExit(f"{work} holds a build for {built.get('key')}, not {build_key}: use another --work")
     server = None
     server_pid: int | None = None
     if own_server:
-        from milvus import default_server
-
-        default_server.set_base_dir(str(work / "milvus"))
-        default_server.listen_port = free_port()
-        for key, value in segment_config.items():
-            default_server.config.set(key, value)
-        default_server.start()
-        server = default_server
-        server_pid = default_server.server_proc.pid if default_server.server_proc else None
-        uri = f"http://127.0.0.1:{default_server.listen_port}"
+        server = start_server(work / "milvus", segment_config)
+        server_pid = server.server_proc.pid if server.server_proc else None
+        uri = f"http://127.0.0.1:{server.listen_port}"
     else:
         uri = args.uri or str(work / "lite" / "bench.db")
     settings = Settings(

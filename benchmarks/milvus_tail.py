@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import tempfile
 import time
@@ -41,7 +39,9 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cloud_search import ADMIN, DEVICE, MODEL, flush_and_wait_indexed, free_port, insert_vectors, make_data, pct  # noqa: E402
+from cloud_search import (  # noqa: E402
+    ADMIN, DEVICE, MODEL, flush_and_wait_indexed, insert_vectors, load_build, make_data, pct, start_server,
+)
 from common import print_table, write_result  # noqa: E402
 
 #: name -> (server config keys, server environment, client options)
@@ -75,34 +75,14 @@ def repeatability(passes: list[list[float]]) -> dict[str, float]:
 
 def kept_build(work: Path) -> dict[str, Any]:
     """The build key ``cloud_search.py --work DIR`` left in DIR (n, index, data shape, server config)."""
-    build = work / "build.json"
-    if not build.is_file():
+    built = load_build(work, own_server=True)
+    if built is None:
         raise SystemExit(f"{work}: no build.json; build one with benchmarks/cloud_search.py --backend server --work {work} --build-only")
-    key = json.loads(build.read_text())["key"]
+    key = built["key"]
     if key.get("backend") != "server":
         raise SystemExit(f"{work} holds a {key.get('backend')} build; this script measures a server")
     return key
 
-
-def start_server(base: Path, config: dict[str, Any], env: dict[str, str]) -> Any:
-    from milvus import MilvusServer
-
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the server process inherits this process's environment
-    try:
-        server = MilvusServer()
-        server.set_base_dir(str(base))
-        server.listen_port = free_port()
-        for k, v in config.items():
-            server.config.set(k, v)
-        server.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return server
 
 
 def main() -> None:
@@ -131,7 +111,7 @@ def main() -> None:
         key = kept_build(args.work)
         work, args.n, built = args.work.resolve(), key["n"], True
         server_config = key.get("server_config", {})
-        _, q = make_data(args.n, args.queries, kind=key.get("data", "flat"))
+        _, q = make_data(args.n, args.queries, kind=key["data"])
     else:
         work, built = Path(tempfile.mkdtemp(prefix="shoplens-tail-")), False
         x, q = make_data(args.n, args.queries)
