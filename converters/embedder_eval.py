@@ -68,33 +68,44 @@ def evaluate_vectors(
     vec: dict[str, np.ndarray],
     *,
     unseen: set[int] | None = None,
+    novel: set[int] | None = None,
 ) -> dict[str, float]:
     """Recall figures from precomputed vectors (keys ``val``, ``iconic``, optional ``train``).
 
     ``seen`` rows use every val photo (or only products not in ``unseen``);
     ``unseen`` rows query the held-out products' val photos against all
-    iconic images and against the held-out iconic images only.
+    iconic images and against the held-out iconic images only, and (with
+    ``train`` vectors) their train-split photos against all iconic images: those
+    photos were never trained on either, and there are ~8x more of them.
+    ``novel`` rows query the train-split photos of products kept out of a
+    selection run against all iconic images (no val photo is used).
     """
     vl = np.array([s.product for s in sets.val])
     il = np.array([s.product for s in sets.iconic])
+    tl = np.array([s.product for s in sets.train])
     out: dict[str, float] = {}
+
+    def rows(prefix: str, queries: np.ndarray, labels: np.ndarray, catalog: np.ndarray, catalog_labels: np.ndarray) -> None:
+        out.update({f"{prefix}_{k}": v for k, v in recall_at(queries, labels, catalog, catalog_labels).items()})
+
     seen_mask = np.ones(len(vl), bool) if not unseen else ~np.isin(vl, list(unseen))
-    for k, v in recall_at(vec["val"][seen_mask], vl[seen_mask], vec["iconic"], il).items():
-        out[f"photo_iconic_{k}"] = v
+    rows("photo_iconic", vec["val"][seen_mask], vl[seen_mask], vec["iconic"], il)
     if "train" in vec:
-        tl = np.array([s.product for s in sets.train])
-        cat = np.concatenate([vec["iconic"], vec["train"]])
-        lab = np.concatenate([il, tl])
-        for k, v in recall_at(vec["val"][seen_mask], vl[seen_mask], cat, lab).items():
-            out[f"photo_iconic_train_{k}"] = v
+        rows("photo_iconic_train", vec["val"][seen_mask], vl[seen_mask], np.concatenate([vec["iconic"], vec["train"]]), np.concatenate([il, tl]))
     if unseen:
         um = np.isin(vl, list(unseen))
         im = np.isin(il, list(unseen))
-        for k, v in recall_at(vec["val"][um], vl[um], vec["iconic"], il).items():
-            out[f"unseen_photo_iconic_{k}"] = v
-        for k, v in recall_at(vec["val"][um], vl[um], vec["iconic"][im], il[im]).items():
-            out[f"unseen_photo_iconic_heldout_only_{k}"] = v
+        rows("unseen_photo_iconic", vec["val"][um], vl[um], vec["iconic"], il)
+        rows("unseen_photo_iconic_heldout_only", vec["val"][um], vl[um], vec["iconic"][im], il[im])
         out["unseen_queries"] = float(um.sum())
+        if "train" in vec:
+            tm = np.isin(tl, list(unseen))
+            rows("unseen_train_photo_iconic", vec["train"][tm], tl[tm], vec["iconic"], il)
+            out["unseen_train_queries"] = float(tm.sum())
+    if novel and "train" in vec:
+        nm = np.isin(tl, list(novel))
+        rows("novel_photo_iconic", vec["train"][nm], tl[nm], vec["iconic"], il)
+        out["novel_queries"] = float(nm.sum())
     out["queries"] = float(seen_mask.sum())
     return out
 

@@ -105,7 +105,14 @@ class TrainConfig:
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
     feature_crop: float = 0.7
-    select: str = "best"  # "best" val photo->iconic R@1 epoch (needs evaluate), or the "last"
+    # which epoch's weights to keep: "best" val photo->iconic R@1 (needs evaluate), the "last", or "novel":
+    # a selection run first trains without ``select_products`` of the training products and picks the
+    # epoch where those products' train-split photos find their iconic images best (all 81 iconic images
+    # as the catalog; no val photo is used), then the real run trains on every training product and
+    # stops after that epoch (same schedule). It picks for products added after training, at the cost
+    # of a second run; "best" picks for the trained products, whose recall peaks later.
+    select: str = "best"
+    select_products: int = 10
     # weight-space interpolation towards the starting point (ImageNet tail + PCA head), WiSE-FT style:
     # each epoch also evaluates ``start + a * (tuned - start)`` for these a (< 1), and ``select="best"``
     # chooses among epoch x a; empty = off
@@ -135,6 +142,7 @@ class TrainResult:
     held_out: list[int] = field(default_factory=list)
     selected_epoch: int = 0  # the epoch whose weights the checkpoint holds
     selected_alpha: float = 1.0  # its interpolation factor towards the start (1.0 = the tuned weights as they are)
+    selection_history: list[dict[str, float]] = field(default_factory=list)  # select="novel": the selection run's epochs
     seconds: float = 0.0
 
 
@@ -330,7 +338,16 @@ def interpolate_state(start: dict[str, torch.Tensor], tuned: dict[str, torch.Ten
 
 
 SELECT_METRIC = "photo_iconic_r@1"
-SELECTIONS = ("best", "last")
+NOVEL_METRIC = "novel_photo_iconic_r@1"
+SELECTIONS = ("best", "last", "novel")
+
+
+def selection_products(catalog: Catalog, held: set[int], n: int, seed: int) -> set[int]:
+    """A seeded set of ``n`` training products kept out of the selection run (never the held-out ones)."""
+    ids = sorted(p for p in catalog.names if p not in held)
+    if not 0 < n < len(ids):
+        raise ValueError(f"select_products must be in [1, {len(ids) - 1}] (training products: {len(ids)}), not {n}")
+    return set(random.Random(f"select:{seed}").sample(ids, n))
 
 
 def _set_seed(seed: int) -> None:
@@ -339,13 +356,11 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Fine-tune and write ``cfg.out`` (the fp32 checkpoint); resumes from ``<out>.state.pt``."""
-    t0 = time.time()
+def _validate(cfg: TrainConfig) -> None:
     if cfg.select not in SELECTIONS:
         raise ValueError(f"select must be one of {SELECTIONS}, not {cfg.select!r}")
-    if cfg.select == "best" and not cfg.evaluate:
-        raise ValueError("select='best' needs the per-epoch evaluation (evaluate=True)")
+    if cfg.select in ("best", "novel") and not cfg.evaluate:
+        raise ValueError(f"select={cfg.select!r} needs the per-epoch evaluation (evaluate=True)")
     if cfg.subcenters < 1:
         raise ValueError(f"subcenters must be >= 1, not {cfg.subcenters}")
     if cfg.pair_weight < 0 or cfg.pair_temperature <= 0 or not 1 <= cfg.classes_per_batch <= cfg.batch_size:
@@ -358,11 +373,56 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"interpolate factors must be in [0, 1), not {cfg.interpolate}")
     if cfg.interpolate and not cfg.evaluate:
         raise ValueError("interpolate needs the per-epoch evaluation (evaluate=True)")
-    torch.set_num_threads(cfg.threads)
-    _set_seed(cfg.seed)
+    if cfg.interpolate and cfg.select == "novel":
+        raise ValueError("interpolate chooses among factors on val; select='novel' chooses epochs only")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune and write ``cfg.out`` (the fp32 checkpoint); resumes from ``<out>.state.pt``.
+
+    ``select="novel"`` runs twice (see TrainConfig.select): the selection run resumes
+    from ``<out>.select.state.pt`` and writes no checkpoint of its own.
+    """
+    t0 = time.time()
+    _validate(cfg)
     catalog: Catalog = load_catalog(cfg.catalog)
     held = holdout_products(catalog, cfg.holdout, cfg.holdout_seed)
-    products = sorted(p for p in catalog.names if p not in held)
+    state_path = Path(str(cfg.out) + ".state.pt")
+    if cfg.select != "novel":
+        result = _train_run(cfg, catalog, held, state_path=state_path)
+    else:
+        novel = selection_products(catalog, held, cfg.select_products, cfg.seed)
+        log.info("selection run: %d training products kept out to pick the epoch: %s", len(novel), sorted(novel))
+        probe = _train_run(cfg, catalog, held, novel=novel, state_path=Path(str(cfg.out) + ".select.state.pt"), save=False)
+        scores = [row[NOVEL_METRIC] for row in probe.history]
+        epoch = 1 + int(np.argmax(scores))  # the first of equal scores: the shorter run
+        log.info("selection run: %s by epoch %s -> training on every product for %d epoch(s)", NOVEL_METRIC, [round(x, 3) for x in scores], epoch)
+        selection = {
+            "selection": f"epoch with the best {NOVEL_METRIC} of {len(novel)} products kept out of a selection run",
+            "selection_products": sorted(novel),
+            "selection_history": probe.history,
+        }
+        result = _train_run(cfg, catalog, held, stop_after=epoch, state_path=state_path, meta=selection)
+        result.selection_history = probe.history
+    result.seconds = time.time() - t0
+    return result
+
+
+def _train_run(
+    cfg: TrainConfig,
+    catalog: Catalog,
+    held: set[int],
+    *,
+    state_path: Path,
+    novel: frozenset[int] | set[int] = frozenset(),
+    stop_after: int | None = None,
+    save: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """One training run without the ``held`` and ``novel`` products, evaluating ``novel`` each epoch; optionally stopped early."""
+    torch.set_num_threads(cfg.threads)
+    _set_seed(cfg.seed)
+    products = sorted(p for p in catalog.names if p not in held and p not in novel)
     cls_of = {p: i for i, p in enumerate(products)}
 
     # views of every product are cached (a held-out run reuses the full run's cache), then filtered
@@ -430,13 +490,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total_steps))))
     )
 
-    state_path = Path(str(cfg.out) + ".state.pt")
+    run_key = {**cfg.to_json(), "run": {"kept_out": sorted(novel), "stop_after": stop_after}}
     result = TrainResult(checkpoint=Path(cfg.out), held_out=sorted(held))
     start_epoch, step = 0, 0
     best: dict[str, Any] = {}  # epoch, score, model state of the best val epoch so far (select="best")
     if state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if st.get("config") == cfg.to_json():
+        if st.get("config") == run_key:
             model.load_state_dict(st["model"])
             with torch.no_grad():
                 proxies.copy_(st["proxies"])
@@ -452,10 +512,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     def run_eval() -> dict[str, float]:
         vec = {k: embed_cached(model, tail, f) for k, f in eval_feats.items()}
-        return evaluate_vectors(sets, vec, unseen=held or None)
+        return evaluate_vectors(sets, vec, unseen=held or None, novel=set(novel) or None)
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, stop_after or cfg.epochs):
         if step >= total_steps:
             break
         gen.manual_seed(cfg.seed * 1000 + epoch)
@@ -510,7 +570,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 best = {"epoch": epoch + 1, "alpha": a, "score": score, "model": state}
         state_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"config": cfg.to_json(), "model": model.state_dict(), "proxies": proxies.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            {"config": run_key, "model": model.state_dict(), "proxies": proxies.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
              "epoch": epoch + 1, "step": step, "losses": result.losses, "history": result.history, "step_losses": result.step_losses,
              "torch_rng": torch.get_rng_state(), "best": best},
             state_path,
@@ -527,7 +587,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         result.metrics = run_eval() if "queries" not in row else {**picked, **{k: row[k] for k in ("queries", "unseen_queries") if k in row}}
     result.selected_epoch = selected
     result.selected_alpha = alpha
-    result.seconds = time.time() - t0
+    if not save:
+        return result
     model.config.meta.update({
         "train": cfg.to_json(),
         "held_out_products": sorted(held),
@@ -536,6 +597,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "selected_epoch": selected,
         "selected_interpolation": alpha,
         "selection": f"best val {SELECT_METRIC}" if best else "last epoch",
+        **(meta or {}),
     })
     save_checkpoint(model, cfg.out)
     return result

@@ -251,8 +251,10 @@ def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
     from shoplens.cli import app
 
     res = CliRunner().invoke(app, ["embedder", "train", "--select", "worst", "--out", str(tmp_path / "x.pt")])
-    assert res.exit_code == 2 and "use 'best' or 'last'" in res.output
+    assert res.exit_code == 2 and "use 'best' or 'last' or 'novel'" in res.output
     assert not (tmp_path / "x.pt").exists()
+    res = CliRunner().invoke(app, ["embedder", "train", "--select", "novel", "--no-eval", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "needs the per-epoch evaluation" in res.output
     res = CliRunner().invoke(app, ["embedder", "train", "--pool", "max", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'avg' or 'gem'" in res.output
     assert not (tmp_path / "x.pt").exists()
@@ -276,18 +278,18 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "pool", "pair_weight", "classes_per_batch", "distill_weight"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--select", "novel", "--select-products", "7"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and (c.select, c.select_products) == ("novel", 7)
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
@@ -319,3 +321,65 @@ def test_interpolate_selects_among_epochs_and_factors(grocery_dir: Path, tmp_pat
     assert torch.equal(mid["w"], torch.ones(2)) and int(mid["n"]) == 7
     with pytest.raises(ValueError, match="interpolate"):
         train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", interpolate=[1.5]))
+
+
+def test_new_product_rows_query_train_split_photos_of_the_products_named() -> None:
+    """``unseen`` adds the held-out products' train-split photos as queries; ``novel`` uses only those of its products."""
+    from shoplens.converters.embedder_data import Sample
+    from shoplens.converters.embedder_eval import RetrievalSets, evaluate_vectors
+
+    def samples(labels: list[int]) -> list[Sample]:
+        return [Sample(path=Path(f"{i}.jpg"), product=p, kind="photo") for i, p in enumerate(labels)]
+
+    iconic = np.eye(4, dtype=np.float32)  # products 0..3, one iconic image each
+    train_labels = [0, 1, 2, 2, 3, 3]
+    # product 2's photos find product 2; product 3's first photo lands on product 0's iconic image
+    train_vec = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0.9, 0, 0, 0.1], [0, 0, 0, 1]], dtype=np.float32)
+    val_vec = np.eye(4, dtype=np.float32)
+    sets = RetrievalSets(val=samples([0, 1, 2, 3]), iconic=samples([0, 1, 2, 3]), train=samples(train_labels))
+    vec = {"val": val_vec, "iconic": iconic, "train": train_vec}
+    out = evaluate_vectors(sets, vec, unseen={3}, novel={2})
+    assert out["unseen_train_queries"] == 2 and out["unseen_train_photo_iconic_r@1"] == 0.5
+    assert out["novel_queries"] == 2 and out["novel_photo_iconic_r@1"] == 1.0
+    assert out["unseen_queries"] == 1 and out["queries"] == 3
+    assert "novel_queries" not in evaluate_vectors(sets, vec) and "unseen_train_queries" not in evaluate_vectors(sets, vec)
+
+
+def test_selection_products_are_seeded_training_products_only(grocery_dir: Path) -> None:
+    from shoplens.converters.embedder_data import holdout_products
+    from shoplens.converters.train_embedder import selection_products
+
+    catalog = load_catalog(grocery_dir)
+    held = holdout_products(catalog, 27, 0)
+    picked = selection_products(catalog, held, 10, 0)
+    assert len(picked) == 10 and not picked & held and picked == selection_products(catalog, held, 10, 0)
+    assert picked != selection_products(catalog, held, 10, 1)
+    for bad in (0, len(catalog.names) - len(held)):
+        with pytest.raises(ValueError, match="select_products"):
+            selection_products(catalog, held, bad, 0)
+
+
+def test_select_novel_picks_the_epoch_on_products_kept_out_then_trains_on_all_of_them(grocery_dir: Path, tmp_path: Path) -> None:
+    """The selection run never trains the kept-out products and scores them each epoch; the real run trains on
+    every product and stops at the picked epoch; a rerun resumes both runs instead of training again."""
+    cat = _small_catalog(grocery_dir, tmp_path / "cat")
+    cfg = TrainConfig(
+        catalog=cat, out=tmp_path / "novel.pt", input_size=64, dim=32, photo_views=2, iconic_views=2, epochs=3, batch_size=32,
+        lr=5e-4, head_lr=5e-3, cache_dir=tmp_path / "cache", select="novel", select_products=12, holdout=10,
+    )
+    result = train(cfg)
+    probe = result.selection_history
+    scores = [row["novel_photo_iconic_r@1"] for row in probe]
+    assert len(probe) == 3 and all(row["novel_queries"] > 0 for row in probe)
+    assert result.selected_epoch == 1 + int(np.argmax(scores)) == len(result.history)
+    assert all("novel_queries" not in row for row in result.history)  # the real run keeps nobody out but the held-out products
+    assert "unseen_train_photo_iconic_r@1" in result.metrics and "unseen_photo_iconic_r@1" in result.metrics
+    _, blob = load_checkpoint(cfg.out)
+    meta = blob["config"]["meta"]
+    assert len(meta["selection_products"]) == 12 and not set(meta["selection_products"]) & set(meta["held_out_products"])
+    assert meta["selected_epoch"] == result.selected_epoch and meta["selection"].startswith("epoch with the best novel")
+    assert meta["selection_history"] == probe
+    again = train(cfg)
+    assert again.step_losses == result.step_losses and again.selection_history == probe
+    with pytest.raises(ValueError, match="select='novel' chooses epochs only"):
+        train(TrainConfig(catalog=cat, out=tmp_path / "x.pt", select="novel", interpolate=[0.5]))
