@@ -9,7 +9,10 @@ Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qp
 (keep the built collection and faiss index; a rerun with the same DIR measures without rebuilding),
 --build-only (with --work: insert and build, measure later, e.g. when the machine is quiet),
 --segment-max-mb 1024 --seal-proportion 0.6 (segment sizes of the server this script starts: fewer,
-larger segments than Milvus 2.3's 512 / 0.23, see docs/cloud.md "Segment size").
+larger segments than Milvus 2.3's 512 / 0.23, see docs/cloud.md "Segment size"), --milvus-cpus 1
+--service-cpus 0 (pin every thread of the Milvus server this script starts, and of the service and
+this load generator, to those CPUs: what ``docker --cpuset-cpus`` or systemd ``CPUAffinity`` do in a
+deployment; see docs/cloud.md "CPU pinning").
 
 Data (``--data``, seeded): ``catalog`` (the default) is shaped like a product catalog: ``n/1000``
 category centres, ``n/5`` products around them (same-category products at cosine ~0.6), 5 images
@@ -132,6 +135,37 @@ def dir_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def parse_cpus(text: str) -> set[int]:
+    """``"0"``, ``"0,2"`` or ``"0-3"`` -> CPU numbers (the ``taskset -c`` syntax)."""
+    cpus: set[int] = set()
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus or not cpus <= os.sched_getaffinity(0):
+        raise SystemExit(f"CPUs {text!r} are not a subset of this machine's {sorted(os.sched_getaffinity(0))}")
+    return cpus
+
+
+def pin_process_tree(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of ``pid`` and of its child processes to ``cpus``; returns the threads pinned.
+
+    ``sched_setaffinity`` acts on one thread, and threads a process creates later inherit
+    the affinity of their creator, so pinning all present threads covers the future ones.
+    """
+    import psutil
+
+    pinned = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        for thread in proc.threads():
+            try:
+                os.sched_setaffinity(thread.id, cpus)
+                pinned += 1
+            except (ProcessLookupError, PermissionError):  # a thread that just ended
+                pass
+    return pinned
 
 
 def rss_mb(pid: int, children: bool = True) -> float:
@@ -285,11 +319,17 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                     help="the started server's dataCoord.segment.maxSize (Milvus 2.3 default 512); see docs/cloud.md 'Segment size'")
     ap.add_argument("--seal-proportion", type=float, default=0.6,
                     help="the started server's dataCoord.segment.sealProportion (Milvus 2.3 default 0.23)")
+    ap.add_argument("--milvus-cpus", default="", help="pin the started Milvus server to these CPUs (taskset -c syntax)")
+    ap.add_argument("--service-cpus", default="", help="pin the service and this load generator to these CPUs")
     ap.add_argument("--build-only", action="store_true",
                     help="stop after insert + index build (+ faiss build) into --work; measure later with the same --work")
     args = ap.parse_args()
     if args.build_only and not args.work:
         ap.error("--build-only needs --work DIR (where the built collection is kept)")
+    if args.milvus_cpus and (args.backend != "server" or args.uri):
+        ap.error("--milvus-cpus pins the server this script starts: --backend server without --uri")
+    milvus_cpus = parse_cpus(args.milvus_cpus) if args.milvus_cpus else None
+    service_cpus = parse_cpus(args.service_cpus) if args.service_cpus else None
 
     import httpx
 
@@ -312,9 +352,19 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     server = None
     server_pid: int | None = None
     if own_server:
-        server = start_server(work / "milvus", segment_config)
+        all_cpus = os.sched_getaffinity(0)
+        if milvus_cpus:  # started inside the mask, so Go and knowhere size their thread pools for it
+            os.sched_setaffinity(0, milvus_cpus)
+        try:
+            server = start_server(work / "milvus", segment_config)
+        finally:
+            os.sched_setaffinity(0, all_cpus)
         server_pid = server.server_proc.pid if server.server_proc else None
         uri = f"http://127.0.0.1:{server.listen_port}"
+        if milvus_cpus and server_pid:
+            print(f"pinned {pin_process_tree(server_pid, milvus_cpus)} Milvus threads to CPUs {sorted(milvus_cpus)}")
+    if service_cpus:  # this process (the load generator and bare client); the service is pinned when started
+        pin_process_tree(os.getpid(), service_cpus)
     else:
         uri = args.uri or str(work / "lite" / "bench.db")
     settings = Settings(
@@ -328,6 +378,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                            "queries": args.queries, "clients": args.clients,
                            "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
                            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+    if milvus_cpus or service_cpus:
+        row["cpu_pinning"] = {"milvus": sorted(milvus_cpus or []), "service_and_client": sorted(service_cpus or [])}
     notes: list[str] = []
     try:
         # ---- insert + index build (direct to Milvus through the service's store) ----
@@ -403,6 +455,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         log = (work / "serve.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "shoplens", "serve", "--port", str(port), "--log-level",
                                  "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        if service_cpus:
+            pin_process_tree(proc.pid, service_cpus)  # before it starts its threads: they inherit it
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
