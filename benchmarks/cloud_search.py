@@ -363,10 +363,10 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         uri = f"http://127.0.0.1:{server.listen_port}"
         if milvus_cpus and server_pid:
             print(f"pinned {pin_process_tree(server_pid, milvus_cpus)} Milvus threads to CPUs {sorted(milvus_cpus)}")
-    if service_cpus:  # this process (the load generator and bare client); the service is pinned when started
-        pin_process_tree(os.getpid(), service_cpus)
     else:
         uri = args.uri or str(work / "lite" / "bench.db")
+    if service_cpus:  # this process (the load generator and bare client); the service is pinned when started
+        pin_process_tree(os.getpid(), service_cpus)
     settings = Settings(
         milvus_uri=uri, collection="bench", admin_keys=[ADMIN], device_keys=[DEVICE], cache_dir=work,
         index_type="HNSW", index_params={"M": args.m, "efConstruction": args.ef_construction},
@@ -582,11 +582,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    # one column per run: the metrics do not fit side by side
-    keys = [k for k in row if k != "targets"]
-    print_table([{"metric": k, **{f"{r['backend']} {r['n']} {r.get('data', 'flat')} {r.get('tag', '')}": r.get(k) for r in rows}}
-                 for k in keys],
-                title="cloud_search")
+    # this run only, one metric per line (all runs side by side: docs/benchmarks.md)
+    print_table([{"metric": k, "value": v} for k, v in row.items() if k != "targets"],
+                title=f"cloud_search {row['backend']} n={row['n']} {row['data']} {row['tag']}".strip())
     print(f"wrote {path}")
 
 
