@@ -144,7 +144,7 @@ def main() -> None:
                 if unseen == "report" and held:
                     row.update({k: v for k, v in evaluate_vectors(sets, vec, unseen=held).items() if k.startswith("unseen")})
         results.append(row)
-    cols = ["photo_iconic_r@1", "photo_iconic_r@5", "photo_iconic_train_r@1", "unseen_photo_iconic_r@1", "unseen_photo_iconic_heldout_only_r@1",
+    cols = ["photo_iconic_r@1", "photo_iconic_r@5", "photo_iconic_train_r@1", "unseen_photo_iconic_r@1", "unseen_photo_iconic_heldout_only_r@1", "unseen_train_photo_iconic_r@1",
             "size_mb", "latency_ms_2t", "parity_cos_mean"]
     print(f"{'model':50s} " + " ".join(f"{c.replace('photo_', '')[:14]:>14s}" for c in cols))
     for r in results:
@@ -154,7 +154,7 @@ def main() -> None:
 
     args.out.write_text(json.dumps({
         "model_id": manifest.embedder.model_id if manifest.embedder else None, "held_out_products": sorted(held),
-        "queries": "Grocery Store val photos (296); the held-out run's seen rows exclude its held-out products; unseen_* rows query the held-out products' val photos",
+        "queries": "Grocery Store val photos (296); the held-out run's seen rows exclude its held-out products; unseen_* rows query the held-out products' val photos (unseen_train_* rows: their train-split photos, with the iconic + train catalog on)",
         "load_average_at_end": os.getloadavg(), "rows": results,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
