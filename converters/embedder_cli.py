@@ -127,7 +127,7 @@ def train_cmd(
 ) -> None:
     """Fine-tune on product ids (CosFace + a photo-photo contrastive term), iconic images as samples, consumer augmentation; seeded, resumable."""
     from shoplens.converters.embedder_model import POOLS
-    from shoplens.converters.train_embedder import SELECTIONS, TrainConfig, train
+    from shoplens.converters.train_embedder import SELECTIONS, TrainConfig, TrainConfigError, train
 
     for value, allowed, hint in ((select, SELECTIONS, "--select"), (pool, POOLS, "--pool")):
         if value not in allowed:
@@ -149,7 +149,10 @@ def train_cmd(
         select=select if not no_eval else "last", select_products=select_products, holdout=holdout, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,
     )
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except TrainConfigError as e:
+        raise typer.BadParameter(str(e)) from None
     console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "selected_epoch": result.selected_epoch, "selected_interpolation": result.selected_alpha, "seconds": round(result.seconds, 1)}, indent=2))
 
 

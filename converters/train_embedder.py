@@ -337,6 +337,10 @@ def interpolate_state(start: dict[str, torch.Tensor], tuned: dict[str, torch.Ten
     return {k: (start[k] + a * (v - start[k])) if v.is_floating_point() else v for k, v in tuned.items()}
 
 
+class TrainConfigError(ValueError):
+    """A configuration that cannot train (found before any work starts; the CLI exits 2 with it)."""
+
+
 SELECT_METRIC = "photo_iconic_r@1"
 NOVEL_METRIC = "novel_photo_iconic_r@1"
 SELECTIONS = ("best", "last", "novel")
@@ -346,7 +350,7 @@ def selection_products(catalog: Catalog, held: set[int], n: int, seed: int) -> s
     """A seeded set of ``n`` training products kept out of the selection run (never the held-out ones)."""
     ids = sorted(p for p in catalog.names if p not in held)
     if not 0 < n < len(ids):
-        raise ValueError(f"select_products must be in [1, {len(ids) - 1}] (training products: {len(ids)}), not {n}")
+        raise TrainConfigError(f"select_products must be in [1, {len(ids) - 1}] (training products: {len(ids)}), not {n}")
     return set(random.Random(f"select:{seed}").sample(ids, n))
 
 
@@ -358,23 +362,23 @@ def _set_seed(seed: int) -> None:
 
 def _validate(cfg: TrainConfig) -> None:
     if cfg.select not in SELECTIONS:
-        raise ValueError(f"select must be one of {SELECTIONS}, not {cfg.select!r}")
+        raise TrainConfigError(f"select must be one of {SELECTIONS}, not {cfg.select!r}")
     if cfg.select in ("best", "novel") and not cfg.evaluate:
-        raise ValueError(f"select={cfg.select!r} needs the per-epoch evaluation (evaluate=True)")
+        raise TrainConfigError(f"select={cfg.select!r} needs the per-epoch evaluation (evaluate=True)")
     if cfg.subcenters < 1:
-        raise ValueError(f"subcenters must be >= 1, not {cfg.subcenters}")
+        raise TrainConfigError(f"subcenters must be >= 1, not {cfg.subcenters}")
     if cfg.pair_weight < 0 or cfg.pair_temperature <= 0 or not 1 <= cfg.classes_per_batch <= cfg.batch_size:
-        raise ValueError("pair_weight must be >= 0, pair_temperature > 0 and 1 <= classes_per_batch <= batch_size")
+        raise TrainConfigError("pair_weight must be >= 0, pair_temperature > 0 and 1 <= classes_per_batch <= batch_size")
     if cfg.distill_weight < 0:
-        raise ValueError(f"distill_weight must be >= 0, not {cfg.distill_weight}")
+        raise TrainConfigError(f"distill_weight must be >= 0, not {cfg.distill_weight}")
     if not 0.0 < cfg.feature_crop <= 1.0:
-        raise ValueError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
+        raise TrainConfigError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
     if any(not 0.0 <= a < 1.0 for a in cfg.interpolate):
-        raise ValueError(f"interpolate factors must be in [0, 1), not {cfg.interpolate}")
+        raise TrainConfigError(f"interpolate factors must be in [0, 1), not {cfg.interpolate}")
     if cfg.interpolate and not cfg.evaluate:
-        raise ValueError("interpolate needs the per-epoch evaluation (evaluate=True)")
+        raise TrainConfigError("interpolate needs the per-epoch evaluation (evaluate=True)")
     if cfg.interpolate and cfg.select == "novel":
-        raise ValueError("interpolate chooses among factors on val; select='novel' chooses epochs only")
+        raise TrainConfigError("interpolate chooses among factors on val; select='novel' chooses epochs only")
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -255,6 +255,10 @@ def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
     assert not (tmp_path / "x.pt").exists()
     res = CliRunner().invoke(app, ["embedder", "train", "--select", "novel", "--no-eval", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "needs the per-epoch evaluation" in res.output
+    res = CliRunner().invoke(app, ["embedder", "train", "--select", "novel", "--select-products", "81", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "select_products must be in [1, 80]" in res.output, res.output
+    res = CliRunner().invoke(app, ["embedder", "train", "--subcenters", "2", "--pair-weight", "1", "--classes-per-batch", "65", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "classes_per_batch <= batch_size" in res.output, res.output
     res = CliRunner().invoke(app, ["embedder", "train", "--pool", "max", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'avg' or 'gem'" in res.output
     assert not (tmp_path / "x.pt").exists()
