@@ -101,6 +101,11 @@ class TrainConfig:
     # Meant for new products (the tuned space puts 90% of its variance in ~25 of 256 dims); on Grocery
     # Store at 10 it did not help them (docs/embedder.md: the start is itself that concentrated)
     distill_weight: float = 0.0
+    # a spread term (weight; 0 = off): dim / participation ratio of the batch's embeddings, i.e.
+    # dim * ||C||_F^2 / tr(C)^2 of their covariance C (1 when the variance fills every dimension).
+    # Meant for the same concentration as above, from the other side: push the tuned space to use
+    # more of its 256 dimensions, so new products find room beside the trained ones
+    spread_weight: float = 0.0
     classes_per_batch: int = 16
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
@@ -294,6 +299,13 @@ def relation_distill_loss(emb: torch.Tensor, start_emb: torch.Tensor, target: to
     return ((emb @ emb.T - start_emb @ start_emb.T)[other] ** 2).mean()
 
 
+def spread_loss(emb: torch.Tensor) -> torch.Tensor:
+    """``dim / participation ratio`` of the batch embeddings' covariance: 1 if isotropic, ``dim`` if on one axis."""
+    z = emb - emb.mean(dim=0, keepdim=True)
+    cov = z.T @ z / max(1, emb.shape[0] - 1)
+    return emb.shape[1] * (cov**2).sum() / torch.diagonal(cov).sum().clamp_min(1e-12) ** 2
+
+
 def class_balanced_order(labels: torch.Tensor, classes_per_batch: int, batch_size: int, gen: torch.Generator) -> list[np.ndarray]:
     """One epoch of batches with ``classes_per_batch`` products x ``batch_size // classes_per_batch`` views.
 
@@ -369,8 +381,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"subcenters must be >= 1, not {cfg.subcenters}")
     if cfg.pair_weight < 0 or cfg.pair_temperature <= 0 or not 1 <= cfg.classes_per_batch <= cfg.batch_size:
         raise TrainConfigError("pair_weight must be >= 0, pair_temperature > 0 and 1 <= classes_per_batch <= batch_size")
-    if cfg.distill_weight < 0:
-        raise TrainConfigError(f"distill_weight must be >= 0, not {cfg.distill_weight}")
+    if cfg.distill_weight < 0 or cfg.spread_weight < 0:
+        raise TrainConfigError(f"distill_weight and spread_weight must be >= 0, not {cfg.distill_weight} / {cfg.spread_weight}")
     if not 0.0 < cfg.feature_crop <= 1.0:
         raise TrainConfigError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
     if any(not 0.0 <= a < 1.0 for a in cfg.interpolate):
@@ -545,6 +557,8 @@ def _train_run(
                 with torch.no_grad():
                     start_emb = _embed_tail(start_model, start_tail, x)
                 loss = loss + cfg.distill_weight * relation_distill_loss(emb, start_emb, labels[idx])
+            if cfg.spread_weight > 0:
+                loss = loss + cfg.spread_weight * spread_loss(emb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

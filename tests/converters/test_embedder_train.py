@@ -97,17 +97,33 @@ def test_relation_distillation_keeps_cross_product_cosines_and_ignores_same_prod
     assert float(loss) > 0.01 and moved.grad is not None and float(moved.grad[2].abs().sum()) > 0
 
 
-def test_short_training_run_with_distillation_trains_and_records_it(grocery_dir: Path, tmp_path: Path) -> None:
+def test_short_training_run_with_distillation_and_spread_trains_and_records_them(grocery_dir: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
-        epochs=1, batch_size=32, max_steps=6, evaluate=False, select="last", cache_dir=tmp_path / "cache", distill_weight=5.0,
+        epochs=1, batch_size=32, max_steps=6, evaluate=False, select="last", cache_dir=tmp_path / "cache", distill_weight=5.0, spread_weight=0.5,
     )
     result = train(cfg)
     assert len(result.step_losses) == 6 and all(np.isfinite(result.step_losses))
     model, _ = load_checkpoint(cfg.out)
-    assert model.config.meta["train"]["distill_weight"] == 5.0
+    assert model.config.meta["train"]["distill_weight"] == 5.0 and model.config.meta["train"]["spread_weight"] == 0.5
     with pytest.raises(ValueError, match="distill_weight"):
         train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", distill_weight=-1.0))
+    with pytest.raises(ValueError, match="spread_weight"):
+        train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", spread_weight=-1.0))
+
+
+def test_spread_loss_is_dim_over_participation_ratio() -> None:
+    from shoplens.converters.train_embedder import spread_loss
+
+    gen = torch.Generator().manual_seed(0)
+    iso = F.normalize(torch.randn(4096, 8, generator=gen), dim=1)
+    assert float(spread_loss(iso)) == pytest.approx(1.0, abs=0.05)  # variance in every dimension
+    flat = F.normalize(torch.randn(4096, 8, generator=gen) * torch.tensor([1.0, 1.0] + [1e-3] * 6), dim=1)
+    assert float(spread_loss(flat)) == pytest.approx(4.0, rel=0.05)  # two of eight dimensions: 8 / 2
+    spread = flat.clone().requires_grad_()
+    spread_loss(spread).backward()  # the gradient moves the embeddings into the unused dimensions
+    moved = F.normalize(spread - 0.5 * spread.grad, dim=1)
+    assert float(spread_loss(moved)) < float(spread_loss(flat))
 
 
 def test_subcenter_cosface_scores_each_class_by_its_nearest_subcenter() -> None:
@@ -282,18 +298,18 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight", "spread_weight"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--select", "novel", "--select-products", "7"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--select", "novel", "--select-products", "7"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and (c.select, c.select_products) == ("novel", 7)
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and (c.select, c.select_products) == ("novel", 7)
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
