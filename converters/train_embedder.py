@@ -104,7 +104,8 @@ class TrainConfig:
     # a spread term (weight; 0 = off): dim / participation ratio of the batch's embeddings, i.e.
     # dim * ||C||_F^2 / tr(C)^2 of their covariance C (1 when the variance fills every dimension).
     # Meant for the same concentration as above, from the other side: push the tuned space to use
-    # more of its 256 dimensions, so new products find room beside the trained ones
+    # more of its 256 dimensions. On Grocery Store at 0.1 it doubled the participation ratio but new
+    # products were no better (docs/embedder.md): room in the space is not what they lack
     spread_weight: float = 0.0
     classes_per_batch: int = 16
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
