@@ -107,6 +107,10 @@ class TrainConfig:
     # more of its 256 dimensions. On Grocery Store at 0.1 it doubled the participation ratio but new
     # products were no better (docs/embedder.md): room in the space is not what they lack
     spread_weight: float = 0.0
+    # weight of the CosFace (proxy) term; 0 = proxy-free, the photo-photo term alone (needs pair_weight > 0).
+    # Proxies are one learnt vector per training product; a proxy-free loss shapes the space only by the
+    # products in each batch, which metric learning often finds transfers better to unseen classes
+    proxy_weight: float = 1.0
     classes_per_batch: int = 16
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
@@ -384,6 +388,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError("pair_weight must be >= 0, pair_temperature > 0 and 1 <= classes_per_batch <= batch_size")
     if cfg.distill_weight < 0 or cfg.spread_weight < 0:
         raise TrainConfigError(f"distill_weight and spread_weight must be >= 0, not {cfg.distill_weight} / {cfg.spread_weight}")
+    if cfg.proxy_weight < 0 or (cfg.proxy_weight == 0 and cfg.pair_weight == 0):
+        raise TrainConfigError(f"proxy_weight {cfg.proxy_weight} with pair_weight {cfg.pair_weight}: need proxy_weight >= 0 and a loss term > 0")
     if not 0.0 < cfg.feature_crop <= 1.0:
         raise TrainConfigError(f"feature_crop must be in (0, 1], not {cfg.feature_crop}")
     if any(not 0.0 <= a < 1.0 for a in cfg.interpolate):
@@ -551,7 +557,9 @@ def _train_run(
             idx = batches[i] if batches is not None else order[i * cfg.batch_size : (i + 1) * cfg.batch_size].sort().values.numpy()
             x = random_feature_crop(torch.from_numpy(np.asarray(feats[idx], dtype=np.float32)), cfg.feature_crop, gen)
             emb = _embed_tail(model, tail, x)
-            loss = cosface_loss(emb, proxies, labels[idx], cfg.margin, cfg.scale, cfg.subcenters)
+            loss = emb.sum() * 0.0
+            if cfg.proxy_weight > 0:
+                loss = loss + cfg.proxy_weight * cosface_loss(emb, proxies, labels[idx], cfg.margin, cfg.scale, cfg.subcenters)
             if cfg.pair_weight > 0:
                 loss = loss + cfg.pair_weight * supcon_loss(emb, labels[idx], cfg.pair_temperature)
             if start_model is not None:

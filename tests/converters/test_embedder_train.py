@@ -112,6 +112,39 @@ def test_short_training_run_with_distillation_and_spread_trains_and_records_them
         train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", spread_weight=-1.0))
 
 
+def test_proxy_free_training_run_lowers_the_photo_term_and_needs_it(grocery_dir: Path, tmp_path: Path) -> None:
+    """proxy_weight=0 trains on the photo-photo (SupCon) term alone: the loss is that term, and it falls."""
+    cfg = TrainConfig(
+        catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
+        epochs=2, batch_size=32, classes_per_batch=8, evaluate=False, select="last", cache_dir=tmp_path / "cache", proxy_weight=0.0,
+    )
+    result = train(cfg)
+    assert all(np.isfinite(result.step_losses)) and result.losses[-1] < result.losses[0], result.losses
+    # the proxies take no part: after one step and after the whole run they are where they started
+    # (with the CosFace term they move)
+    import dataclasses
+
+    import torch
+
+    def proxies(c: TrainConfig) -> torch.Tensor:
+        return torch.load(str(c.out) + ".state.pt", map_location="cpu", weights_only=False)["proxies"]
+
+    for weight, moved in ((0.0, False), (1.0, True)):
+        one = dataclasses.replace(cfg, out=tmp_path / f"one{weight}.pt", max_steps=1, proxy_weight=weight)
+        train(one)
+        full = cfg if weight == 0.0 else dataclasses.replace(cfg, out=tmp_path / "full1.pt", max_steps=8, proxy_weight=weight)
+        if weight:
+            train(full)
+        change = float((proxies(one) - proxies(full)).abs().max())
+        # (up to the 1e-6 noise the start adds to break ties, drawn after the feature cache: a cache hit draws less)
+        assert (change > 1e-3) if moved else (change < 1e-5), change
+    model, _ = load_checkpoint(cfg.out)
+    assert model.config.meta["train"]["proxy_weight"] == 0.0
+    for bad in ({"proxy_weight": -1.0}, {"proxy_weight": 0.0, "pair_weight": 0.0}):
+        with pytest.raises(ValueError, match="proxy_weight"):
+            train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
+
+
 def test_spread_loss_is_dim_over_participation_ratio() -> None:
     from shoplens.converters.train_embedder import spread_loss
 
@@ -275,6 +308,8 @@ def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "select_products must be in [1, 80]" in res.output, res.output
     res = CliRunner().invoke(app, ["embedder", "train", "--subcenters", "2", "--pair-weight", "1", "--classes-per-batch", "65", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "classes_per_batch <= batch_size" in res.output, res.output
+    res = CliRunner().invoke(app, ["embedder", "train", "--proxy-weight", "0", "--pair-weight", "0", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "need proxy_weight >= 0" in res.output, res.output
     res = CliRunner().invoke(app, ["embedder", "train", "--pool", "max", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 2 and "use 'avg' or 'gem'" in res.output
     assert not (tmp_path / "x.pt").exists()
@@ -298,18 +333,18 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight", "spread_weight"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight", "spread_weight", "proxy_weight"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--select", "novel", "--select-products", "7"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--proxy-weight", "0.5", "--select", "novel", "--select-products", "7"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and (c.select, c.select_products) == ("novel", 7)
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and c.proxy_weight == 0.5 and (c.select, c.select_products) == ("novel", 7)
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
