@@ -147,6 +147,53 @@ def test_proxy_free_training_run_lowers_the_photo_term_and_needs_it(grocery_dir:
             train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
 
 
+def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_dir: Path, tmp_path: Path) -> None:
+    """projector=H: the loss acts on a training-only MLP over the embedding; the checkpoint is the plain embedder."""
+    cfg = TrainConfig(
+        catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
+        epochs=2, batch_size=32, classes_per_batch=8, evaluate=False, select="last", cache_dir=tmp_path / "cache", projector=64,
+    )
+    result = train(cfg)
+    assert all(np.isfinite(result.step_losses)) and result.losses[-1] < result.losses[0], result.losses
+    state = torch.load(str(cfg.out) + ".state.pt", map_location="cpu", weights_only=False)
+    proj = state["projector"]
+    assert proj["0.weight"].shape == (64, 32) and proj["3.weight"].shape == (32, 64)
+    assert state["proxies"].shape[1] == 32  # proxies live in the projector's output space
+    model, _ = load_checkpoint(cfg.out)
+    plain = build_embedder(EmbedderConfig(input_size=64, dim=32), random_init=True)
+    assert set(model.state_dict()) == set(plain.state_dict())  # nothing of the projector is exported
+    assert model.config.meta["train"]["projector"] == 64
+    # the projector learnt: a fresh one (same seed) differs from the trained one
+    from shoplens.converters.train_embedder import make_projector
+
+    torch.manual_seed(0)
+    assert not torch.allclose(make_projector(32, 64).state_dict()["0.weight"], proj["0.weight"])
+    # a run stopped after epoch 1 resumes with the projector's state: epoch 2 repeats the uninterrupted run
+    import dataclasses
+
+    import shoplens.converters.train_embedder as te
+
+    # (both after the first run built the feature cache: a cache hit draws fewer random numbers)
+    reference = train(dataclasses.replace(cfg, out=tmp_path / "reference.pt"))
+    stopped = dataclasses.replace(cfg, out=tmp_path / "stopped.pt")
+    real_save, saves = te.torch.save, []
+
+    def save_then_stop(obj: object, path: object) -> None:
+        saves.append(path)
+        if len(saves) == 2:  # the state file after epoch 2: the run is killed before writing it
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(te.torch, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(stopped)
+    resumed = train(stopped)
+    np.testing.assert_allclose(resumed.step_losses, reference.step_losses, rtol=1e-5)
+    with pytest.raises(ValueError, match="projector"):
+        train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", projector=-1))
+
+
 def test_spread_loss_is_dim_over_participation_ratio() -> None:
     from shoplens.converters.train_embedder import spread_loss
 
