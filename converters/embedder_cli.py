@@ -116,6 +116,7 @@ def train_cmd(
     spread_weight: float = typer.Option(0.0, min=0.0, help="Weight of a spread term: dim / participation ratio of each batch's embeddings, pushing the space to use more of its dimensions (0 = off)."),
     proxy_weight: float = typer.Option(1.0, min=0.0, help="Weight of the CosFace (per-product proxy) term; 0 = proxy-free, the photo-photo term alone (needs --pair-weight > 0)."),
     projector: int = typer.Option(0, min=0, help="Hidden width of a training-only MLP projector: the loss acts on projector(embedding), the projector is not exported (0 = off)."),
+    direct_pair_weight: float = typer.Option(0.0, min=0.0, help="With --projector: weight of a photo-photo term on the exported embedding itself (trades new products for trained ones; 0 = off)."),
     classes_per_batch: int = typer.Option(16, min=1, help="Products per class-balanced batch (with --pair-weight > 0)."),
     feature_crop: float = typer.Option(0.7, min=0.05, max=1.0, help="Random crop of the cached feature map per batch, side >= this share (1.0 = off)."),
     select: str = typer.Option("best", help="Checkpoint to keep: the 'best' val photo->iconic R@1 epoch, the 'last' (with --no-eval: the last), or 'novel': a first run without --select-products of the training products picks the epoch where their photos find their iconic images best, then the real run on every product stops there (for new products; about 1.3-2x the time)."),
@@ -147,7 +148,7 @@ def train_cmd(
     out = out or _default_checkpoint("resnet50v2-s3-256" if holdout == 0 else f"resnet50v2-s3-256-holdout{holdout}")
     cfg = TrainConfig(
         catalog=_catalog_dir(catalog), out=out, labels=labels, trunk=trunk, weights=weights, random_init=random_init, dim=dim,
-        input_size=input_size, pool=pool, pair_weight=pair_weight, pair_temperature=pair_temperature, distill_weight=distill_weight, spread_weight=spread_weight, proxy_weight=proxy_weight, projector=projector, classes_per_batch=classes_per_batch, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
+        input_size=input_size, pool=pool, pair_weight=pair_weight, pair_temperature=pair_temperature, distill_weight=distill_weight, spread_weight=spread_weight, proxy_weight=proxy_weight, projector=projector, direct_pair_weight=direct_pair_weight, classes_per_batch=classes_per_batch, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
         photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, subcenters=subcenters, feature_crop=feature_crop, interpolate=factors,
         select=select if not no_eval else "last", select_products=select_products, holdout=holdout, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,

@@ -118,6 +118,10 @@ class TrainConfig:
     # keeps more intra-class variation and transfers better to unseen classes (Wang et al., CVPR 2022,
     # "SL-MLP"), which is what new products need
     projector: int = 0
+    # with a projector: weight of a photo-photo term on the exported embedding itself, beside the terms
+    # behind the projector (0 = off). The in-batch clustering of the exported space is what the seen
+    # products' retrieval needs and what specialises it, so this weight trades one for the other
+    direct_pair_weight: float = 0.0
     classes_per_batch: int = 16
     # random crop of the cached frozen feature map per batch (side >= this share of it; 1.0 = off):
     # new views of the cached photos for free (the cache holds only ``photo_views`` per photo)
@@ -402,6 +406,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"distill_weight and spread_weight must be >= 0, not {cfg.distill_weight} / {cfg.spread_weight}")
     if cfg.projector < 0:
         raise TrainConfigError(f"projector must be >= 0 (its hidden width; 0 = off), not {cfg.projector}")
+    if cfg.direct_pair_weight < 0 or (cfg.direct_pair_weight > 0 and not cfg.projector):
+        raise TrainConfigError(f"direct_pair_weight {cfg.direct_pair_weight}: must be >= 0, and > 0 only with a projector (without one the pair term already acts on the embedding)")
     if cfg.proxy_weight < 0 or (cfg.proxy_weight == 0 and cfg.pair_weight == 0):
         raise TrainConfigError(f"proxy_weight {cfg.proxy_weight} with pair_weight {cfg.pair_weight}: need proxy_weight >= 0 and a loss term > 0")
     if not 0.0 < cfg.feature_crop <= 1.0:
@@ -584,6 +590,8 @@ def _train_run(
                 loss = loss + cfg.proxy_weight * cosface_loss(z, proxies, labels[idx], cfg.margin, cfg.scale, cfg.subcenters)
             if cfg.pair_weight > 0:
                 loss = loss + cfg.pair_weight * supcon_loss(z, labels[idx], cfg.pair_temperature)
+            if cfg.direct_pair_weight > 0:
+                loss = loss + cfg.direct_pair_weight * supcon_loss(emb, labels[idx], cfg.pair_temperature)
             if start_model is not None:
                 with torch.no_grad():
                     start_emb = _embed_tail(start_model, start_tail, x)

@@ -190,8 +190,14 @@ def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_
             train(stopped)
     resumed = train(stopped)
     np.testing.assert_allclose(resumed.step_losses, reference.step_losses, rtol=1e-5)
+    # a direct photo-photo term on the exported embedding adds to the same first step's loss
+    direct = train(dataclasses.replace(cfg, out=tmp_path / "direct.pt", max_steps=1, direct_pair_weight=1.0))
+    assert direct.step_losses[0] > reference.step_losses[0] + 0.1, (direct.step_losses[0], reference.step_losses[0])
     with pytest.raises(ValueError, match="projector"):
         train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", projector=-1))
+    for bad in ({"direct_pair_weight": 1.0}, {"projector": 64, "direct_pair_weight": -1.0}):
+        with pytest.raises(ValueError, match="direct_pair_weight"):
+            train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
 
 
 def test_spread_loss_is_dim_over_participation_ratio() -> None:
