@@ -62,7 +62,7 @@ def test_short_training_run_lowers_the_loss_and_resumes(grocery_dir: Path, tmp_p
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
         epochs=2, batch_size=32, max_steps=24, lr=5e-4, head_lr=5e-3, evaluate=False, select="last", cache_dir=tmp_path / "cache", holdout=20, subcenters=2,
-        pool="gem", pair_weight=0.0,  # the plain CosFace path with random batches (the defaults use the pair term)
+        pool="gem", pair_weight=0.0, projector=0,  # the plain CosFace path with random batches, no projector (the defaults use both)
     )
     result = train(cfg)
     first, last = np.mean(result.step_losses[:4]), np.mean(result.step_losses[-4:])
@@ -117,6 +117,7 @@ def test_proxy_free_training_run_lowers_the_photo_term_and_needs_it(grocery_dir:
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
         epochs=2, batch_size=32, classes_per_batch=8, evaluate=False, select="last", cache_dir=tmp_path / "cache", proxy_weight=0.0,
+        projector=0,  # the proxies then start where the embedding puts the classes, the same in every run below
     )
     result = train(cfg)
     assert all(np.isfinite(result.step_losses)) and result.losses[-1] < result.losses[0], result.losses
@@ -195,7 +196,7 @@ def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_
     assert direct.step_losses[0] > reference.step_losses[0] + 0.1, (direct.step_losses[0], reference.step_losses[0])
     with pytest.raises(ValueError, match="projector"):
         train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", projector=-1))
-    for bad in ({"direct_pair_weight": 1.0}, {"projector": 64, "direct_pair_weight": -1.0}):
+    for bad in ({"projector": 0, "direct_pair_weight": 1.0}, {"projector": 64, "direct_pair_weight": -1.0}):
         with pytest.raises(ValueError, match="direct_pair_weight"):
             train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
 
@@ -388,18 +389,18 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     shared = {n: p.default.default for n, p in inspect.signature(train_cmd).parameters.items() if n in fields}
-    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight", "spread_weight", "proxy_weight"} <= shared.keys()
+    assert {"scale", "margin", "subcenters", "feature_crop", "epochs", "select", "select_products", "pool", "pair_weight", "classes_per_batch", "distill_weight", "spread_weight", "proxy_weight", "projector", "direct_pair_weight"} <= shared.keys()
     assert shared == {n: fields[n] for n in shared}
 
     seen: list[TrainConfig] = []
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--proxy-weight", "0.5", "--select", "novel", "--select-products", "7"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--proxy-weight", "0.5", "--projector", "0", "--select", "novel", "--select-products", "7"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and c.proxy_weight == 0.5 and (c.select, c.select_products) == ("novel", 7)
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and c.proxy_weight == 0.5 and c.projector == 0 and (c.select, c.select_products) == ("novel", 7)
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
