@@ -1,7 +1,7 @@
 // shoplens on Android: detect (LiteRT YOLO) -> crop -> embed (LiteRT) -> i8 -> POST /v1/search/batch.
 //
 // Put mobile_assets/yolov8n/yolov8n_int8.tflite and
-// mobile_assets/resnet50v2-s3-256/embedder_w8a32.tflite in src/main/assets. Every constant marked
+// mobile_assets/resnet50v2-s3-256/embedder_w8.tflite in src/main/assets. Every constant marked
 // `// manifest:` is checked against the bundle manifests by tests/e2e/test_mobile_samples.py.
 
 package dev.shoplens.sample
@@ -33,11 +33,11 @@ object Shoplens {
     const val IGNORED_LABEL = "person"                                    // manifest: yolov8n detector.class_names[0]
     const val IGNORED_CLASS = 0                                           // the index of IGNORED_LABEL: the shopper's hand is never the product
 
-    const val EMBEDDER_FILE = "embedder_w8a32.tflite"                     // manifest: resnet50v2-s3-256/embedder_w8a32.tflite file
-    const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.name
-    const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8a32.tflite input.shape[1]
+    const val EMBEDDER_FILE = "embedder_w8.tflite"                        // manifest: resnet50v2-s3-256/embedder_w8.tflite file
+    const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8.tflite input.name
+    const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8.tflite input.shape[1]
     const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
-    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-fc76b3dd0313"       // manifest: resnet50v2-s3-256 embedder.model_id
+    const val MODEL_ID = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"       // manifest: resnet50v2-s3-256 embedder.model_id
     const val CROP_MARGIN = 0.10f
 }
 

@@ -27,7 +27,7 @@ enum Shoplens {
     static let embedderInputSize = 224                                // manifest: resnet50v2-s3-256/embedder_int8.mlpackage input.shape[2]
     static let embeddingOutput = "embedding"                          // manifest: resnet50v2-s3-256/embedder_int8.mlpackage outputs[0].name
     static let embeddingDim = 256                                     // manifest: resnet50v2-s3-256 embedder.dim
-    static let modelId = "resnet50v2-imagenet-s3-256d-fc76b3dd0313"   // manifest: resnet50v2-s3-256 embedder.model_id
+    static let modelId = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"   // manifest: resnet50v2-s3-256 embedder.model_id
     static let cropMargin: CGFloat = 0.10
 }
 

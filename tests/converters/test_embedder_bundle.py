@@ -22,9 +22,10 @@ def test_bundle_manifest_and_hashes_match_files() -> None:
     assert m.embedder.model_id == compute_model_id(
         name=m.source.name, weights_sha256=m.source.weights_sha256, preprocessing=m.embedder.preprocessing, dim=256
     )
-    # the shipped TFLite is dynamic-range int8 (int8 weights and int8 matmuls/convs with runtime activation
-    # scales): static int8 failed the gate (mean cos 0.98), see docs/embedder.md
-    tfl = m.artifact(ArtifactFormat.TFLITE, Precision.W8A32)
+    # the shipped TFLite is weight-only int8 (int8 weights, float compute): the dynamic-range int8 of the
+    # same checkpoint lost 1.01 points of photo->iconic R@1 (the target allows 1), static int8 failed the
+    # gate (mean cos 0.98); see docs/embedder.md
+    tfl = m.artifact(ArtifactFormat.TFLITE, Precision.W8)
     assert tfl.publishable and tfl.parity is not None and tfl.parity.passed
     assert tfl.parity.metrics["images"] >= 200 and tfl.parity.metrics["cos_mean"] >= 0.99
     assert tfl.size_bytes <= 12 * 1024 * 1024
@@ -35,7 +36,7 @@ def test_bundle_manifest_and_hashes_match_files() -> None:
 
 def test_shipped_tflite_retrieves_products(grocery_dir: Path) -> None:
     m = verify_bundle(BUNDLE)
-    tfl = m.artifact(ArtifactFormat.TFLITE, Precision.W8A32)
+    tfl = m.artifact(ArtifactFormat.TFLITE, Precision.W8)
     run = TFLiteEmbedder(BUNDLE / tfl.file, threads=2)
     cat = load_catalog(grocery_dir)
     val = cat.split("val")[::6]  # 50 photos
