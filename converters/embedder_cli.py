@@ -123,6 +123,7 @@ def train_cmd(
     select_products: int = typer.Option(10, min=1, help="With --select novel: training products kept out of the selection run."),
     interpolate: str = typer.Option("", help="Comma-separated factors a in [0, 1): each epoch also evaluates start + a * (tuned - start) (WiSE-FT), and --select best chooses among epoch x factor; empty = off."),
     holdout: int = typer.Option(0, help="Products kept out of training (to measure new-product retrieval)."),
+    holdout_seed: int = typer.Option(0, help="Seed of which products --holdout keeps out (another split to check a held-out result on)."),
     seed: int = typer.Option(0),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip per-epoch retrieval evaluation on val."),
@@ -150,7 +151,7 @@ def train_cmd(
         catalog=_catalog_dir(catalog), out=out, labels=labels, trunk=trunk, weights=weights, random_init=random_init, dim=dim,
         input_size=input_size, pool=pool, pair_weight=pair_weight, pair_temperature=pair_temperature, distill_weight=distill_weight, spread_weight=spread_weight, proxy_weight=proxy_weight, projector=projector, direct_pair_weight=direct_pair_weight, classes_per_batch=classes_per_batch, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, trainable_units=trainable_units,
         photo_views=photo_views, iconic_views=iconic_views, margin=margin, scale=scale, subcenters=subcenters, feature_crop=feature_crop, interpolate=factors,
-        select=select if not no_eval else "last", select_products=select_products, holdout=holdout, seed=seed,
+        select=select if not no_eval else "last", select_products=select_products, holdout=holdout, holdout_seed=holdout_seed, seed=seed,
         max_steps=max_steps, evaluate=not no_eval, device=device, threads=threads,
     )
     try:

@@ -29,6 +29,13 @@ Why it looks like this:
   photos of look-alike products won. A supervised contrastive term inside
   class-balanced batches (``pair_weight``) shapes that photo-photo
   neighbourhood directly: val +train R@1 0.824 -> 0.858, iconic 0.851 -> 0.868.
+- Both terms then shaped the exported space around the trained products, and
+  products added later fell onto them (held-out new products peaked at epoch 2
+  and fell). The loss now acts through a training-only MLP projector that is
+  not exported (``projector``): the product-specific part stays in the
+  projector, the exported space keeps what transfers, and new products rose
+  through 12 epochs to 2.16x MobileNetV1 (from 1.70x), for 6 points of the
+  trained products' photo->iconic R@1.
 """
 
 from __future__ import annotations
@@ -259,6 +266,23 @@ def embed_cached(model: Embedder, tail: nn.Module, feats: np.ndarray, batch: int
 def make_projector(dim: int, hidden: int) -> nn.Module:
     """Linear-BN-ReLU-Linear, ``dim -> hidden -> dim``: the training-only projector (see TrainConfig.projector)."""
     return nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+def project(projector: nn.Module | None, emb: torch.Tensor) -> torch.Tensor:
+    """The space the loss sees: ``emb`` itself, or the normalised projector output.
+
+    A batch of one view (a short last batch) cannot train BatchNorm, so it goes
+    through the projector's running statistics instead of failing the run.
+    """
+    if projector is None:
+        return emb
+    if len(emb) > 1 or not projector.training:
+        return F.normalize(projector(emb), dim=1)
+    projector.eval()
+    try:
+        return F.normalize(projector(emb), dim=1)
+    finally:
+        projector.train()
 
 
 def cosface_loss(emb: torch.Tensor, proxies: torch.Tensor, target: torch.Tensor, margin: float, scale: float, subcenters: int = 1,
@@ -511,8 +535,7 @@ def _train_run(
             model.head.bias.copy_(torch.from_numpy(b))
         emb = model.embed_features(torch.from_numpy(pooled))
         projector = make_projector(cfg.dim, cfg.projector) if cfg.projector else None
-        if projector is not None:  # proxies start at the class means in the space the loss sees
-            emb = F.normalize(projector(emb), dim=1)
+        emb = project(projector, emb)  # proxies start at the class means in the space the loss sees
         proxies0 = torch.zeros(len(products), cfg.dim)
         proxies0.index_add_(0, labels[clean_idx], emb)
         proxies0 = F.normalize(proxies0 + 1e-6 * torch.randn_like(proxies0), dim=1)
@@ -589,7 +612,7 @@ def _train_run(
             idx = batches[i] if batches is not None else order[i * cfg.batch_size : (i + 1) * cfg.batch_size].sort().values.numpy()
             x = random_feature_crop(torch.from_numpy(np.asarray(feats[idx], dtype=np.float32)), cfg.feature_crop, gen)
             emb = _embed_tail(model, tail, x)
-            z = emb if projector is None else F.normalize(projector(emb), dim=1)  # the space the loss sees
+            z = project(projector, emb)
             loss = emb.sum() * 0.0
             if cfg.proxy_weight > 0:
                 loss = loss + cfg.proxy_weight * cosface_loss(z, proxies, labels[idx], cfg.margin, cfg.scale, cfg.subcenters)

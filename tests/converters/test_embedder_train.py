@@ -201,6 +201,22 @@ def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_
             train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
 
 
+def test_projector_takes_a_single_view_batch() -> None:
+    """A short last batch of one view goes through the projector's running statistics instead of failing BatchNorm."""
+    from shoplens.converters.train_embedder import make_projector, project
+
+    torch.manual_seed(0)
+    proj = make_projector(8, 16).train()
+    one = F.normalize(torch.randn(1, 8), dim=1).requires_grad_()
+    z = project(proj, one)
+    assert z.shape == (1, 8) and float(z.norm()) == pytest.approx(1.0) and proj.training
+    z.sum().backward()
+    assert one.grad is not None and float(one.grad.abs().sum()) > 0
+    assert project(None, one) is one
+    with pytest.raises(ValueError):  # what BatchNorm itself does with one sample in training mode
+        proj(one)
+
+
 def test_spread_loss_is_dim_over_participation_ratio() -> None:
     from shoplens.converters.train_embedder import spread_loss
 
@@ -396,11 +412,11 @@ def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(t
     monkeypatch.setattr(train_embedder, "train", lambda cfg: seen.append(cfg) or train_embedder.TrainResult(checkpoint=cfg.out))
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt"), "--scale", "7", "--subcenters", "2", "--margin", "0.3",
                                    "--pool", "gem", "--pair-weight", "0.5", "--pair-temperature", "0.2", "--classes-per-batch", "8",
-                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--proxy-weight", "0.5", "--projector", "0", "--select", "novel", "--select-products", "7"])
+                                   "--interpolate", "0.5, 0.7", "--distill-weight", "3", "--spread-weight", "0.4", "--proxy-weight", "0.5", "--projector", "0", "--select", "novel", "--select-products", "7", "--holdout", "5", "--holdout-seed", "3"])
     assert res.exit_code == 0, res.output
     c = seen[0]
     assert (c.scale, c.subcenters, c.margin, c.pool, c.pair_weight, c.pair_temperature, c.classes_per_batch) == (7.0, 2, 0.3, "gem", 0.5, 0.2, 8)
-    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and c.proxy_weight == 0.5 and c.projector == 0 and (c.select, c.select_products) == ("novel", 7)
+    assert c.interpolate == [0.5, 0.7] and c.distill_weight == 3.0 and c.spread_weight == 0.4 and c.proxy_weight == 0.5 and c.projector == 0 and (c.holdout, c.holdout_seed) == (5, 3) and (c.select, c.select_products) == ("novel", 7)
     res = CliRunner().invoke(app, ["embedder", "train", "--out", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and seen[1].interpolate == []  # off unless asked
 
