@@ -69,6 +69,9 @@ from shoplens.settings import get_settings
 log = logging.getLogger("shoplens.embedder.train")
 
 
+EXECUTION_FIELDS = ("threads", "device")  # TrainConfig fields that do not change what a run trains
+
+
 @dataclass
 class TrainConfig:
     catalog: Path
@@ -166,6 +169,14 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+    def training_key(self) -> dict[str, Any]:
+        """What decides the weights a run produces: a state file or checkpoint is reused only under an equal key.
+
+        The thread count and the device change how fast the same run goes, not what it
+        trains, so a run interrupted here may resume with other settings or elsewhere.
+        """
+        return {k: v for k, v in self.to_json().items() if k not in EXECUTION_FIELDS}
 
 
 @dataclass
@@ -569,7 +580,7 @@ def _train_run(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total_steps))))
     )
 
-    run_key = {**cfg.to_json(), "run": {"kept_out": sorted(novel), "stop_after": stop_after}}
+    run_key = {**cfg.training_key(), "run": {"kept_out": sorted(novel), "stop_after": stop_after}}
     result = TrainResult(checkpoint=Path(cfg.out), held_out=sorted(held))
     start_epoch, step = 0, 0
     best: dict[str, Any] = {}  # epoch, score, model state of the best val epoch so far (select="best")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +125,6 @@ def test_proxy_free_training_run_lowers_the_photo_term_and_needs_it(grocery_dir:
     assert all(np.isfinite(result.step_losses)) and result.losses[-1] < result.losses[0], result.losses
     # the proxies take no part: after one step and after the whole run they are where they started
     # (with the CosFace term they move)
-    import dataclasses
-
-    import torch
 
     def proxies(c: TrainConfig) -> torch.Tensor:
         return torch.load(str(c.out) + ".state.pt", map_location="cpu", weights_only=False)["proxies"]
@@ -148,7 +147,7 @@ def test_proxy_free_training_run_lowers_the_photo_term_and_needs_it(grocery_dir:
             train(TrainConfig(catalog=grocery_dir, out=tmp_path / "x.pt", **bad))
 
 
-def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_dir: Path, tmp_path: Path) -> None:
+def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """projector=H: the loss acts on a training-only MLP over the embedding; the checkpoint is the plain embedder."""
     cfg = TrainConfig(
         catalog=grocery_dir, out=tmp_path / "ck.pt", input_size=64, dim=32, max_photos=160, photo_views=2, iconic_views=2,
@@ -170,8 +169,6 @@ def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_
     torch.manual_seed(0)
     assert not torch.allclose(make_projector(32, 64).state_dict()["0.weight"], proj["0.weight"])
     # a run stopped after epoch 1 resumes with the projector's state: epoch 2 repeats the uninterrupted run
-    import dataclasses
-
     import shoplens.converters.train_embedder as te
 
     # (both after the first run built the feature cache: a cache hit draws fewer random numbers)
@@ -189,7 +186,10 @@ def test_projector_run_trains_through_it_exports_without_it_and_resumes(grocery_
         mp.setattr(te.torch, "save", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             train(stopped)
-    resumed = train(stopped)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shoplens.embedder.train"):
+        resumed = train(dataclasses.replace(stopped, threads=1))  # another thread count is the same run: it resumes
+    assert "resumed from" in caplog.text and "ignoring" not in caplog.text, caplog.text
     np.testing.assert_allclose(resumed.step_losses, reference.step_losses, rtol=1e-5)
     # a direct photo-photo term on the exported embedding adds to the same first step's loss
     direct = train(dataclasses.replace(cfg, out=tmp_path / "direct.pt", max_steps=1, direct_pair_weight=1.0))
@@ -394,7 +394,6 @@ def test_train_cli_rejects_an_unknown_select_or_pool(tmp_path: Path) -> None:
 def test_train_cli_defaults_are_the_train_config_defaults_and_options_reach_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented `shoplens embedder train --seed 0` must train what TrainConfig documents (the
     defaults are written twice: the CLI keeps torch out of --help), and every option must arrive."""
-    import dataclasses
     import inspect
 
     from typer.testing import CliRunner
