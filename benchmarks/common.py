@@ -56,12 +56,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def command_line() -> str:
+    """The command that is running, as a reader would retype it from the repository root."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+
+
 def write_result(name: str, rows: list[dict[str, Any]], *, notes: list[str] | None = None, targets: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write the result file docs/benchmarks.md is generated from; returns its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": name,
-        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "command": command_line(),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "rows": rows,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, write_result  # noqa: E402
+from common import RESULTS_DIR, command_line, write_result  # noqa: E402
 from embedder import MobileNetV1Reference  # noqa: E402
 
 from shoplens.converters.embedder_data import holdout_products, load_catalog  # noqa: E402
@@ -108,11 +108,13 @@ def main() -> None:
 
     path = RESULTS_DIR / f"{NAME}.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    histories = earlier.get("histories", {})
+    histories, commands = earlier.get("histories", {}), earlier.get("row_commands", {})
     rows = {(r["recipe"], r["split"]): r for r in earlier.get("rows", []) if r.get("split") is not None}
     for r in fresh:
+        key = f"{r['recipe']} split {r['split']}"
         if "history" in r:
-            histories[f"{r['recipe']} split {r['split']}"] = r.pop("history")
+            histories[key] = r.pop("history")
+        commands[key] = command_line()  # rows merge across runs: the file's own "command" is only the last one
         rows[(r["recipe"], r["split"])] = r
     runs = sorted(rows.values(), key=lambda r: (r["split"], r["recipe"] != "MobileNetV1 (reference)", r["recipe"]))
     ref_of = {r["split"]: r for r in runs if r["recipe"] == "MobileNetV1 (reference)"}
@@ -128,7 +130,7 @@ def main() -> None:
         "ratio_*: the row's unseen R@1 over MobileNetV1's on the same split; mean rows: the mean R@1 over the splits every compared row has, and its ratio.",
         "recipes: " + "; ".join(f"{k}: {v}" for k, v in RECIPES.items()) + " (TrainConfig fields; the rest are its defaults).",
     ], targets=[{"target": "new products >= 2x MobileNetV1 on the same products (issue 11)", "measured": "see ratio_* of the mean rows"}],
-        extra={"histories": histories})
+        extra={"histories": histories, "row_commands": commands})
 
 
 def summarise(runs: list[dict[str, Any]], ref_of: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
