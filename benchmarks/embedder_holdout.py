@@ -39,7 +39,7 @@ from embedder import MobileNetV1Reference  # noqa: E402
 from shoplens.converters.embedder_data import holdout_products, load_catalog  # noqa: E402
 from shoplens.converters.embedder_eval import RetrievalSets, embed_paths, evaluate_vectors  # noqa: E402
 from shoplens.converters.embedder_model import load_checkpoint  # noqa: E402
-from shoplens.converters.train_embedder import EXECUTION_FIELDS, TrainConfig, train  # noqa: E402
+from shoplens.converters.train_embedder import TrainConfig, train, training_key  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.settings import get_settings  # noqa: E402
 
@@ -62,7 +62,7 @@ def run_recipe(recipe: str, split: int, holdout: int, root: Path, out_dir: Path,
         print(f"training {recipe} on split {split} -> {out} (resumes from {out}.state.pt)", flush=True)
         train(cfg)
     meta = load_checkpoint(out)[0].config.meta
-    if {k: v for k, v in meta.get("train", {}).items() if k not in EXECUTION_FIELDS} != cfg.training_key():
+    if training_key(meta.get("train", {})) != cfg.training_key():
         raise SystemExit(f"{out} was trained with another configuration; delete it (and {out}.state.pt) to retrain")
     picked = meta["history"][meta["selected_epoch"] - 1]
     return {

@@ -74,6 +74,16 @@ log = logging.getLogger("shoplens.embedder.train")
 EXECUTION_FIELDS = ("threads", "device")  # TrainConfig fields that do not change what a run trains
 
 
+def training_key(config_json: dict[str, Any]) -> dict[str, Any]:
+    """What decides the weights a run produces, from ``TrainConfig.to_json()`` (or a checkpoint's ``meta["train"]``).
+
+    A state file or checkpoint is reused only under an equal key. The thread count and the
+    device change how fast the same run goes, not what it trains, so a run interrupted
+    here may resume with other settings or elsewhere.
+    """
+    return {k: v for k, v in config_json.items() if k not in EXECUTION_FIELDS}
+
+
 @dataclass
 class TrainConfig:
     catalog: Path
@@ -173,12 +183,7 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
     def training_key(self) -> dict[str, Any]:
-        """What decides the weights a run produces: a state file or checkpoint is reused only under an equal key.
-
-        The thread count and the device change how fast the same run goes, not what it
-        trains, so a run interrupted here may resume with other settings or elsewhere.
-        """
-        return {k: v for k, v in self.to_json().items() if k not in EXECUTION_FIELDS}
+        return training_key(self.to_json())
 
 
 @dataclass
