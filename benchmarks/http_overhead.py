@@ -7,8 +7,7 @@ Options: --uri (an existing Milvus server instead of starting the PyPI ``milvus`
 --variants (comma list of the names below), --profile (py-spy the service under load, GIL-holding
 samples only: where its Python CPU goes), --loadgen stdlib|httpx (the load generator's client).
 
-For each service variant (uvicorn h11+asyncio vs httptools+uvloop, 1 vs 2 workers, searches on
-pymilvus' asyncio client vs the sync client in the thread pool) it
+For each service variant (uvicorn h11+asyncio vs httptools+uvloop, 1 vs 2 workers) it
 measures, against the same Milvus server and collection:
 
 - single-client latency, bare pymilvus and HTTP interleaved query by query (same load);
@@ -47,12 +46,11 @@ from common import write_result  # noqa: E402
 
 from shoplens.contract.codecs import encode_vector  # noqa: E402
 
-#: ``search``: "async" = pymilvus' asyncio client on the event loop (the default),
-#: "thread" = the sync client in the thread pool (SHOPLENS_ASYNC_SEARCH=false)
+#: ``search``: "async" = pymilvus' asyncio client on the event loop, the service's only search path
+#: (the thread-pool variant measured before is in results/http_overhead.json and docs/cloud.md)
 VARIANTS: dict[str, dict[str, Any]] = {
     "h11+asyncio x1": {"workers": 1, "loop": "asyncio", "http": "h11", "search": "async"},
     "httptools+uvloop x1": {"workers": 1, "loop": "uvloop", "http": "httptools", "search": "async"},
-    "httptools+uvloop x1 thread-pool search": {"workers": 1, "loop": "uvloop", "http": "httptools", "search": "thread"},
     "httptools+uvloop x2": {"workers": 2, "loop": "uvloop", "http": "httptools", "search": "async"},
 }
 
@@ -199,8 +197,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
         for name in names:
             variant = VARIANTS[name]
             port = free_port()
-            proc = start_service(variant, dict(env, SHOPLENS_ASYNC_SEARCH=str(variant["search"] == "async").lower()),
-                                 port, work / f"serve-{port}.log")
+            proc = start_service(variant, env, port, work / f"serve-{port}.log")
             base = f"http://127.0.0.1:{port}"
             row: dict[str, Any] = {"variant": name, **variant, "loadgen": args.loadgen, "n": args.n, "server_version": version}
             try:

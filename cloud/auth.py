@@ -8,15 +8,16 @@ Safe default: with no admin key configured every write is refused (403), so a
 service started without configuration can never have its catalog rewritten;
 search needs a device key unless ``SHOPLENS_PUBLIC_SEARCH=1`` opts in, and
 anonymous searches then share one bucket per client address.
+
+Failed authentications are budgeted per client address (``auth_failures.py``),
+so keys cannot be guessed at line speed. The buckets themselves live in
+``token_bucket.py`` (one worker) or ``shared_limits.py`` (several).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import threading
-import time
 from dataclasses import dataclass
 from enum import Enum
 
@@ -25,7 +26,12 @@ from fastapi import Request
 from shoplens.contract.errors import ErrorCode
 from shoplens.settings import Settings
 
+from shoplens.cloud.auth_failures import FailedAuthThrottle, client_address
 from shoplens.cloud.errors import ApiError
+from shoplens.cloud.shared_limits import limiter_for
+from shoplens.cloud.token_bucket import RateLimiter
+
+__all__ = ["KeyRing", "Principal", "RateLimiter", "Role", "key_id"]
 
 
 class Role(str, Enum):
@@ -63,6 +69,9 @@ class KeyRing:
         ] + [(k.get_secret_value().encode(), Role.DEVICE) for k in settings.device_keys if k.get_secret_value()]
         self.public_search = settings.public_search
         self.has_admin = any(role is Role.ADMIN for _, role in self._keys)
+        self.failures = FailedAuthThrottle(
+            limiter_for(settings, "auth_fail", settings.auth_fail_per_s, settings.auth_fail_burst)
+        )
 
     def role_of(self, key: str) -> Role | None:
         presented = key.encode()
@@ -74,12 +83,22 @@ class KeyRing:
         return found
 
     def authenticate(self, request: Request, *, need: Role) -> Principal:
-        """The caller, if allowed ``need``; 401 for a missing/unknown key, 403 for the wrong role."""
+        """The caller, if allowed ``need``; 401 for a missing/unknown key, 403 for the wrong role,
+        429 while the caller's address has spent its failed-authentication budget."""
+        address = client_address(request)
+        self.failures.check(address)
+        try:
+            return self._authenticate(request, need, address)
+        except ApiError as exc:
+            if exc.code is ErrorCode.UNAUTHENTICATED:
+                self.failures.record(address)
+            raise
+
+    def _authenticate(self, request: Request, need: Role, address: str) -> Principal:
         key = _presented_key(request)
         if key is None:
             if need is Role.DEVICE and self.public_search:
-                host = request.client.host if request.client else "unknown"
-                return Principal(None, f"anon:{host}")
+                return Principal(None, f"anon:{address}")
             if need is Role.ADMIN and not self.has_admin:
                 raise ApiError(
                     ErrorCode.FORBIDDEN, "catalog writes are disabled: no admin key is configured (SHOPLENS_ADMIN_KEYS)"
@@ -95,33 +114,3 @@ class KeyRing:
         if need is Role.ADMIN and role is not Role.ADMIN:
             raise ApiError(ErrorCode.FORBIDDEN, "this endpoint needs an admin key; a device key may only search")
         return Principal(role, key_id(key))
-
-
-class RateLimiter:
-    """Token bucket per key: ``burst`` tokens, refilled at ``rate`` per second."""
-
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, who: str, cost: float = 1.0) -> None:
-        """Spend ``cost`` tokens or raise 429 with the seconds until they are there."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(who, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= cost:
-                self._buckets[who] = (tokens - cost, now)
-                return
-            self._buckets[who] = (tokens, now)
-            if len(self._buckets) > self.max_keys:  # anonymous callers must not grow this without bound
-                self._buckets.clear()
-        wait = max(1, math.ceil((cost - tokens) / self.rate))
-        raise ApiError(
-            ErrorCode.RATE_LIMITED,
-            f"rate limit exceeded ({self.rate:g} requests/s, burst {self.burst:g}); retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )

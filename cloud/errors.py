@@ -9,6 +9,7 @@ nothing leaks a stack trace or an internal path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,10 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shoplens.contract.errors import ErrorCode, ShoplensError
 from shoplens.contract.schemas import ErrorDetail, ErrorResponse
 
+from shoplens.cloud.store_errors import StoreError
+
 log = logging.getLogger("shoplens.cloud")
 
-#: seconds a client should wait before retrying when Milvus is unreachable
-BACKEND_RETRY_AFTER_S = 5
 
 
 class ApiError(ShoplensError):
@@ -39,15 +40,6 @@ class ApiError(ShoplensError):
         super().__init__(message, code=code)
         self.details = details
         self.headers = headers or {}
-
-
-class BackendUnavailable(ApiError):
-    """Milvus cannot be reached; always a 503 with Retry-After."""
-
-    def __init__(self, message: str = "the vector database is unreachable; retry later") -> None:
-        super().__init__(
-            ErrorCode.BACKEND_UNAVAILABLE, message, headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)}
-        )
 
 
 class BodyTooLarge(Exception):
@@ -93,10 +85,21 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return error_response(ErrorCode.VALIDATION_ERROR, f"{where}: {first['msg']}", details=details)
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, with those of included routers (FastAPI keeps them behind one entry per router;
+    shoplens includes its route modules without a prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
 def _allowed_methods(request: Request) -> list[str]:
     """Every method any route serves on this path (Starlette's 405 names only the first route's)."""
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in _routes(request.app.routes):
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
             methods |= set(route.methods)
@@ -109,6 +112,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return error_response(exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(ShoplensError)
     async def _shoplens_error(_: Request, exc: ShoplensError) -> JSONResponse:

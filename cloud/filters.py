@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 import re
 
-from shoplens.contract.errors import ErrorCode
 from shoplens.contract.schemas import SearchFilters
 
-from shoplens.cloud.errors import ApiError
+from shoplens.cloud.store_errors import InvalidRequest
 
 #: attribute keys a filter may name: plain identifiers, nothing to escape
 ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -41,7 +40,7 @@ def quote(value: str) -> str:
     control characters (never part of a real category or attribute) are refused.
     """
     if _OTHER_CONTROL.search(value):
-        raise ApiError(ErrorCode.VALIDATION_ERROR, "filter strings must not contain control characters")
+        raise InvalidRequest("filter strings must not contain control characters")
     return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
@@ -53,11 +52,11 @@ def literal(value: str | int | float | bool) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ApiError(ErrorCode.VALIDATION_ERROR, f"filter value must be finite, got {value}")
+            raise InvalidRequest(f"filter value must be finite, got {value}")
         return repr(value)
     if isinstance(value, str):
         return quote(value)
-    raise ApiError(ErrorCode.VALIDATION_ERROR, f"unsupported filter value type {type(value).__name__}")
+    raise InvalidRequest(f"unsupported filter value type {type(value).__name__}")
 
 
 def build_filter(filters: SearchFilters | None) -> str:
@@ -67,12 +66,10 @@ def build_filter(filters: SearchFilters | None) -> str:
     parts: list[str] = []
     if filters.category_in is not None:
         if not filters.category_in:
-            raise ApiError(ErrorCode.VALIDATION_ERROR, "filters.category_in must not be empty (omit it instead)")
+            raise InvalidRequest("filters.category_in must not be empty (omit it instead)")
         parts.append("category in [" + ", ".join(literal(c) for c in filters.category_in) + "]")
     if filters.price_min is not None and filters.price_max is not None and filters.price_min > filters.price_max:
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            f"filters.price_min ({filters.price_min}) is greater than filters.price_max ({filters.price_max})",
+        raise InvalidRequest(f"filters.price_min ({filters.price_min}) is greater than filters.price_max ({filters.price_max})",
         )
     if filters.price_min is not None or filters.price_max is not None:
         parts.append(f"price >= {literal(float(filters.price_min or 0.0))}")
@@ -80,9 +77,7 @@ def build_filter(filters: SearchFilters | None) -> str:
             parts.append(f"price <= {literal(float(filters.price_max))}")
     for key, value in (filters.attributes or {}).items():
         if not ATTRIBUTE_KEY_RE.fullmatch(key):
-            raise ApiError(
-                ErrorCode.VALIDATION_ERROR,
-                f"attribute filter key {key!r} is not allowed (letters, digits, _ . - ; 64 max)",
+            raise InvalidRequest(f"attribute filter key {key!r} is not allowed (letters, digits, _ . - ; 64 max)",
                 details={"key": key},
             )
         parts.append(f"attributes[{quote(key)}] == {literal(value)}")

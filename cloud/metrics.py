@@ -27,6 +27,18 @@ class Metrics:
             "shoplens_milvus_call_seconds", "latency of Milvus calls", ["op"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.model_requests = Counter(
+            "shoplens_model_requests_total", "searches per vector model id and outcome (current, supported, "
+            "deprecated, model_mismatch = 409, model_retired = 410, ...)", ["model_id", "outcome"], registry=self.registry,
+        )
+        self.model_search_seconds = Histogram(
+            "shoplens_model_search_seconds", "search latency inside the service per model id", ["model_id"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.unflushed_rows = Gauge(
+            "shoplens_unflushed_rows", "rows written (upserted or deleted) and not yet sealed by a flush",
+            registry=self.registry,
+        )
         self.catalog_rows = Gauge(
             "shoplens_catalog_rows", "rows in the served collection (updated by /v1/stats)", registry=self.registry
         )

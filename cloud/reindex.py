@@ -1,18 +1,18 @@
 """Re-index on a model change: build a collection for the new model id, then swap the alias.
 
-Searches keep working throughout: the new collection is filled while the
-alias still points at the old one, and the swap is one ``alter_alias`` call.
-After it, vectors of the old model get 409 naming the new id. The old
-collection is kept (a rollback is one activate call) until ``drop_old``.
+Searches keep working throughout: the new collection is filled while the old
+model is served, then served beside it (``alter_alias`` calls, atomic for readers),
+so apps still on the old model keep working until an operator retires it
+(``shoplens models``). docs/cloud.md, "Rolling out a new embedder", is the runbook.
 
-Source of the new vectors: a JSONL file of already-embedded catalog rows, one
-contract :class:`CatalogImage` per line. Embedding the catalog images with
-the new model is the catalog importer's job (``shoplens index`` in the device
-SDK, not available yet); it will write exactly this format.
+Source of the new vectors: a JSONL file of embedded catalog rows, one contract
+:class:`CatalogImage` per line, as ``shoplens index`` / ``reindex --catalog``
+write it.
 
-Two ways to reach the catalog: straight to Milvus (a server, or a Lite file no
-service has open), or through a running service's admin API (needed for Lite
-while it is served, because a Lite file is locked to one process).
+The steps are written once, in :func:`reindex`, over a :class:`CatalogAdmin`:
+:class:`StoreAdmin` goes straight to Milvus (a server, or a Lite file no service
+has open); the SDK's ``ServiceAdmin`` goes through a running service's admin API
+(needed for a Lite file while it is served: one process per file).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from shoplens.contract.errors import ErrorCode, ShoplensError
 from shoplens.contract.manifest import load_manifest
 from shoplens.contract.schemas import MAX_UPSERT_IMAGES, CatalogImage
+from shoplens.contract.service import ModelInfo
 
+from shoplens.cloud.lifecycle import model_info
+from shoplens.cloud.registry import MODEL_ACTIONS, ModelStatus
 from shoplens.cloud.store import CatalogStore
 
 
@@ -36,6 +40,8 @@ class ReindexResult:
     rows: int
     previous_collection: str | None
     previous_model_id: str | None
+    promoted: bool
+    retired_previous: bool
     dropped_previous: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,73 +75,113 @@ def read_rows(path: Path, chunk: int = MAX_UPSERT_IMAGES) -> Iterator[list[Catal
         yield batch
 
 
-def reindex_direct(store: CatalogStore, model_id: str, rows: Path, *, drop_old: bool = False) -> ReindexResult:
-    """Build, fill, verify, swap, optionally drop the old collection, all on ``store``'s Milvus."""
-    previous = store.binding(refresh=True)
-    target = store.create_collection(model_id, activate=False)
+class CatalogAdmin(Protocol):
+    """The catalog operations a re-index needs, wherever the catalog is reached from."""
+
+    def served(self) -> tuple[str, str] | None:
+        """(collection, model id) behind the alias, or None."""
+
+    def create(self, model_id: str) -> str:
+        """A new, not yet served collection for ``model_id``; its name."""
+
+    def upsert(self, collection: str, model_id: str, images: list[CatalogImage]) -> int:
+        """Write ``images`` into ``collection``; how many were upserted."""
+
+    def count(self, collection: str) -> int:
+        """Rows in ``collection`` (sealed first, so every acknowledged write is counted)."""
+
+    def serve(self, collection: str, promote: bool) -> None:
+        """Serve ``collection`` for its model id (atomic for readers); ``promote``: as the current model."""
+
+    def retire(self, model_id: str) -> None:
+        """Stop serving ``model_id`` (its apps get 410 naming the current model)."""
+
+    def drop(self, collection: str) -> None:
+        """Drop a collection that is no longer served."""
+
+
+class ReindexError(ShoplensError):
+    """The new collection is not what was written; nothing was swapped."""
+
+    code = ErrorCode.INTERNAL
+
+
+class StoreAdmin:
+    """:class:`CatalogAdmin` straight on Milvus through a :class:`CatalogStore`."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+
+    def served(self) -> tuple[str, str] | None:
+        binding = self.store.binding(refresh=True)
+        return (binding.collection, binding.model_id) if binding else None
+
+    def create(self, model_id: str) -> str:
+        return self.store.create_collection(model_id, activate=False).collection
+
+    def upsert(self, collection: str, model_id: str, images: list[CatalogImage]) -> int:
+        return self.store.upsert(self.store.collection_binding(collection), images)
+
+    def count(self, collection: str) -> int:
+        binding = self.store.collection_binding(collection)
+        self.store.flush(binding)
+        return self.store.count(binding)
+
+    def serve(self, collection: str, promote: bool) -> None:
+        self.store.serve(collection, promote=promote)
+
+    def retire(self, model_id: str) -> None:
+        self.store.set_status(model_id, ModelStatus.RETIRED)
+
+    def drop(self, collection: str) -> None:
+        self.store.drop_collection(collection)
+
+    def models(self) -> list[ModelInfo]:
+        return self.store.model_infos()
+
+    def change(self, model_id: str, action: str, *, sunset: str | None = None, bundle_url: str | None = None) -> ModelInfo:
+        entry = self.store.set_status(model_id, MODEL_ACTIONS[action], sunset=sunset, bundle_url=bundle_url)
+        return model_info(self.store, entry)
+
+
+def reindex(admin: CatalogAdmin, model_id: str, rows: Path, *, promote: bool = False, drop_old: bool = False) -> ReindexResult:
+    """Build, fill and verify a collection for ``model_id``, then serve it beside the models already served.
+
+    Apps on the previous model keep working: the new model is served as supported, or as
+    the current one with ``promote`` (what new apps should use). ``drop_old`` also promotes,
+    then retires the previous current model (its apps get 410 naming the new one) and drops
+    its collection. Re-indexing the model that is already current (a rebuild) replaces its
+    collection in place and drops the old one with ``drop_old``.
+    """
+    previous = admin.served()
+    target = admin.create(model_id)
     n = 0
     ids: set[str] = set()
     for batch in read_rows(rows):
-        n += store.upsert(target, batch)
+        n += admin.upsert(target, model_id, batch)
         ids.update(img.image_id for img in batch)
-    counted = store.count(target)
+    counted = admin.count(target)
     if counted != len(ids):
-        raise RuntimeError(
-            f"new collection {target.collection} holds {counted} rows, {len(ids)} distinct images were written; "
-            "not swapping (the old collection is still served)"
+        raise ReindexError(
+            f"new collection {target} holds {counted} rows, {len(ids)} distinct images were written; "
+            "not serving it (the models served before are unchanged)"
         )
-    store.activate(target.collection)
-    dropped = False
-    if drop_old and previous is not None and previous.collection != target.collection:
-        store.drop_collection(previous.collection)
+    admin.serve(target, promote or drop_old)
+    retired = dropped = False
+    if drop_old and previous is not None and previous[0] != target:
+        if previous[1] != model_id:
+            admin.retire(previous[1])
+            retired = True
+        admin.drop(previous[0])
         dropped = True
     return ReindexResult(
         model_id=model_id,
-        collection=target.collection,
+        collection=target,
         rows=n,
-        previous_collection=previous.collection if previous else None,
-        previous_model_id=previous.model_id if previous else None,
-        dropped_previous=dropped,
-    )
-
-
-def reindex_http(url: str, admin_key: str, model_id: str, rows: Path, *, drop_old: bool = False,
-                 timeout_s: float = 60.0) -> ReindexResult:
-    """The same steps through a running service's admin API."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_key}"}
-
-    def check(resp: httpx.Response) -> Any:
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} "
-                                   f"{err['code']}: {err['message']}")
-            except (ValueError, KeyError):
-                raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code}") from None
-        return resp.json()
-
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s) as http:
-        before = check(http.get("/v1/catalog/collections"))
-        previous = next((c for c in before if c["active"]), None)
-        created = check(http.post("/v1/catalog/collections", json={"model_id": model_id, "activate": False}))
-        name = created["collection"]
-        n = 0
-        for batch in read_rows(rows):
-            body = {"model_id": model_id, "images": [img.model_dump(mode="json") for img in batch]}
-            n += int(check(http.put("/v1/catalog/images", params={"collection": name}, json=body))["upserted"])
-        check(http.post(f"/v1/catalog/collections/{name}/activate"))
-        dropped = False
-        if drop_old and previous is not None and previous["collection"] != name:
-            check(http.delete(f"/v1/catalog/collections/{previous['collection']}"))
-            dropped = True
-    return ReindexResult(
-        model_id=model_id,
-        collection=name,
-        rows=n,
-        previous_collection=previous["collection"] if previous else None,
-        previous_model_id=previous["model_id"] if previous else None,
+        previous_collection=previous[0] if previous else None,
+        previous_model_id=previous[1] if previous else None,
+        promoted=promote or drop_old or previous is None or previous[1] == model_id,
+        retired_previous=retired,
         dropped_previous=dropped,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,10 +18,11 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from shoplens.contract.codecs import decode_vector
-from shoplens.contract.errors import ErrorCode, VectorError
+from shoplens.contract.errors import VectorError
 from shoplens.contract.schemas import CatalogImage, ProductHit
+from shoplens.contract.urls import ImageUrlError, check_image_url, safe_image_url
 
-from shoplens.cloud.errors import ApiError
+from shoplens.cloud.store_errors import InvalidRequest
 from shoplens.cloud.filters import NO_PRICE, has_control
 
 METRIC = "COSINE"
@@ -105,9 +107,7 @@ def image_to_row(image: CatalogImage, dim: int, index: int, storage: str = "f32"
     """
     for field in ("image_id", "product_id", "category"):
         if has_control(getattr(image, field)):
-            raise ApiError(
-                ErrorCode.VALIDATION_ERROR,
-                f"images[{index}].{field} must not contain control characters",
+            raise InvalidRequest(f"images[{index}].{field} must not contain control characters",
                 details={"index": index, "field": field},
             )
     try:
@@ -126,6 +126,18 @@ def image_to_row(image: CatalogImage, dim: int, index: int, storage: str = "f32"
         "attributes": dict(image.attributes),
         "created_at": _epoch_ms(image.created_at),
     }
+
+
+def require_allowed_image_urls(images: Sequence[CatalogImage], *, allow_http: bool) -> None:
+    """Refuse the whole upsert (422, nothing written) if an image_url is http:// and the service
+    takes https:// only. The contract already refused every other bad URL; whether plain http
+    is acceptable is this deployment's choice (``allow_http_image_urls``), so it is checked here."""
+    for i, image in enumerate(images):
+        field = f"images[{i}].image_url"
+        try:
+            check_image_url(image.image_url, allow_http=allow_http, field=field)
+        except ImageUrlError as exc:
+            raise InvalidRequest(str(exc), details={"index": i, "field": "image_url"}) from None
 
 
 def hit_id(hit: dict[str, Any]) -> str:
@@ -152,7 +164,7 @@ def row_to_hit(image_id: str, score: float, entity: dict[str, Any]) -> ProductHi
         category=str(entity.get("category", "")),
         price=_price(entity.get("price")),
         currency=str(entity.get("currency", "")),
-        image_url=str(entity.get("image_url", "")),
+        image_url=safe_image_url(entity.get("image_url")),  # rows stored before the URL rule may hold paths
         attributes=dict(entity.get("attributes") or {}),
     )
 
@@ -166,7 +178,7 @@ def row_to_image_info(row: dict[str, Any]) -> dict[str, Any]:
         "category": row.get("category", ""),
         "price": _price(row.get("price")),
         "currency": row.get("currency", ""),
-        "image_url": row.get("image_url", ""),
+        "image_url": safe_image_url(row.get("image_url")),
         "attributes": dict(row.get("attributes") or {}),
         "created_at": datetime.fromtimestamp(int(row.get("created_at", 0)) / 1000, tz=timezone.utc).isoformat(),
     }

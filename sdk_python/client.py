@@ -6,7 +6,9 @@ What it adds over raw httpx, and why:
   ``Retry-After``) and 502/503/504 with capped exponential backoff: all
   shoplens calls are idempotent (search reads; upsert is keyed by image id;
   deletes are deletes), and writes carry an ``Idempotency-Key`` that stays the
-  same across the retries of one call;
+  same across the retries of one call, so a retry of a write that did succeed
+  gets the service's first answer replayed (a 409 ``idempotency_conflict``,
+  the first attempt still running, is retried too);
 - errors come back as typed exceptions carrying the service's error code.
 """
 
@@ -24,6 +26,19 @@ import numpy as np
 
 from shoplens.contract.codecs import Encoding, encode_vector
 from shoplens.contract.errors import ErrorCode
+from shoplens.contract.service import (
+    CollectionInfo,
+    CreateCollection,
+    DeleteResult,
+    Flushed,
+    Health,
+    ModelChange,
+    ModelInfo,
+    Models,
+    ProductImages,
+    Ready,
+    Stats,
+)
 from shoplens.contract.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -34,7 +49,7 @@ from shoplens.contract.schemas import (
     UpsertRequest,
     UpsertResponse,
 )
-from shoplens.sdk.errors import NetworkError, ShoplensAPIError, error_for_status
+from shoplens.sdk.errors import NetworkError, ShoplensAPIError, error_for_status, warn_deprecated
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -72,6 +87,19 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _retryable(response: httpx.Response) -> bool:
+    if response.status_code in RETRY_STATUSES:
+        return True
+    # 409 idempotency_conflict: an earlier attempt of this write (same Idempotency-Key) is still
+    # running on the service; a retry after Retry-After gets its answer replayed
+    if response.status_code == 409:
+        try:
+            return response.json()["error"]["code"] == ErrorCode.IDEMPOTENCY_CONFLICT.value
+        except (ValueError, KeyError, TypeError):
+            return False
+    return False
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -93,7 +121,7 @@ class _Attempts:
 
     def after_response(self, response: httpx.Response) -> float | None:
         """None: the response is final (success or a non-retryable error raised here)."""
-        if response.status_code in RETRY_STATUSES and self.attempt < self.policy.max_retries:
+        if _retryable(response) and self.attempt < self.policy.max_retries:
             self.attempt += 1
             return self.policy.delay(self.attempt - 1, _retry_after(response))
         _raise_for_error(response)
@@ -120,6 +148,28 @@ class _ClientBase:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        self._deprecation_warned: set[str] = set()
+        self._statuses: dict[str, ModelInfo | None] = {}
+
+    def _note_deprecation(self, req: _Request, response: httpx.Response) -> None:
+        """A search answered with a ``Deprecation`` header: warn once per model id (ModelDeprecatedWarning)."""
+        if "deprecation" not in response.headers or not isinstance(req.body, dict):
+            return
+        model_id = str(req.body.get("model_id") or "")
+        if model_id and model_id not in self._deprecation_warned:
+            self._deprecation_warned.add(model_id)
+            warn_deprecated(model_id, sunset=response.headers.get("sunset", ""))
+
+    def _status_of(self, models: Models, model_id: str) -> ModelInfo | None:
+        """``model_id``'s entry in /v1/models (None: not served here); warns or raises on its status."""
+        mine = next((m for m in models.models if m.model_id == model_id), None)
+        self._statuses[model_id] = mine
+        if mine is not None and mine.status == "deprecated" and model_id not in self._deprecation_warned:
+            self._deprecation_warned.add(model_id)
+            current = next((m for m in models.models if m.active), None)
+            warn_deprecated(model_id, sunset=mine.sunset or "", current_model_id=current.model_id if current else None,
+                            bundle_url=current.bundle_url if current else None)
+        return mine
 
     @staticmethod
     def _search(vector: np.ndarray | str, model_id: str, encoding: str | Encoding, top_k: int, filters: SearchFilters | dict | None, min_score: float | None, dim: int | None) -> _Request:
@@ -134,9 +184,10 @@ class _ClientBase:
         return _Request("POST", "/v1/search/batch", body.model_dump(mode="json", exclude_none=True))
 
     @staticmethod
-    def _upsert(model_id: str, images: list[CatalogImage | dict], idempotency_key: str | None) -> _Request:
+    def _upsert(model_id: str, images: list[CatalogImage | dict], idempotency_key: str | None, collection: str | None = None) -> _Request:
         body = UpsertRequest(model_id=model_id, images=images)
-        return _Request("PUT", "/v1/catalog/images", body.model_dump(mode="json", exclude_none=True), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
+        path = "/v1/catalog/images" + (f"?collection={_quote(collection)}" if collection else "")
+        return _Request("PUT", path, body.model_dump(mode="json", exclude_none=True), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
 
     @staticmethod
     def _flush(collection: str | None) -> _Request:
@@ -177,6 +228,7 @@ class ShoplensClient(_ClientBase):
                 continue
             delay = attempts.after_response(response)
             if delay is None:
+                self._note_deprecation(req, response)
                 return response.json() if response.content else None
             time.sleep(delay)
 
@@ -190,34 +242,68 @@ class ShoplensClient(_ClientBase):
         return BatchSearchResponse.model_validate(self._send(self._search_batch(vectors, model_id, encoding, top_k, filters, min_score, dim)))
 
     # ---- catalog admin -----------------------------------------------------
-    def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
-        return UpsertResponse.model_validate(self._send(self._upsert(model_id, images, idempotency_key)))
+    def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None,
+                      collection: str | None = None) -> UpsertResponse:
+        """Insert or replace images; ``collection``: a staging collection instead of the served one."""
+        return UpsertResponse.model_validate(self._send(self._upsert(model_id, images, idempotency_key, collection)))
 
-    def flush(self, collection: str | None = None) -> Any:
-        """Seal recent writes so the index covers them (once, at the end of a bulk import)."""
-        return self._send(self._flush(collection))
+    # ---- collections (re-index) -------------------------------------------
+    def collections(self) -> list[CollectionInfo]:
+        return [CollectionInfo.model_validate(c) for c in self._send(_Request("GET", "/v1/catalog/collections"))]
 
-    def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
-        return self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))
+    def create_collection(self, model_id: str, *, activate: bool = False) -> CollectionInfo:
+        body = CreateCollection(model_id=model_id, activate=activate).model_dump(mode="json")
+        return CollectionInfo.model_validate(self._send(_Request("POST", "/v1/catalog/collections", body, {"Idempotency-Key": str(uuid.uuid4())})))
 
-    def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> Any:
-        return self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key))
+    def activate_collection(self, name: str, *, promote: bool = True) -> CollectionInfo:
+        """Serve collection ``name`` for its model id; ``promote``: as the current model."""
+        path = f"/v1/catalog/collections/{_quote(name)}/activate?promote={'true' if promote else 'false'}"
+        return CollectionInfo.model_validate(self._send(_Request("POST", path, None, {"Idempotency-Key": str(uuid.uuid4())})))
 
-    def get_product(self, product_id: str) -> dict[str, Any]:
-        return self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}"))
+    def change_model(self, model_id: str, action: str, *, sunset: str | None = None, bundle_url: str | None = None) -> ModelInfo:
+        """``promote``, ``support``, ``deprecate`` (with ``sunset``, YYYY-MM-DD) or ``retire`` a model id."""
+        body = ModelChange(sunset=sunset, bundle_url=bundle_url).model_dump(mode="json", exclude_none=True)
+        path = f"/v1/models/{_quote(model_id)}/{_quote(action)}"
+        return ModelInfo.model_validate(self._send(_Request("POST", path, body, {"Idempotency-Key": str(uuid.uuid4())})))
+
+    def drop_collection(self, name: str) -> DeleteResult:
+        return DeleteResult.model_validate(self._send(self._delete(f"/v1/catalog/collections/{_quote(name)}", None)))
+
+    def flush(self, collection: str | None = None) -> Flushed:
+        """Seal recent writes so the index covers them at once (e.g. at the end of a bulk import)."""
+        return Flushed.model_validate(self._send(self._flush(collection)))
+
+    def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> DeleteResult:
+        return DeleteResult.model_validate(self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key)))
+
+    def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> DeleteResult:
+        return DeleteResult.model_validate(self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key)))
+
+    def get_product(self, product_id: str) -> ProductImages:
+        return ProductImages.model_validate(self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}")))
 
     # ---- service -----------------------------------------------------------
-    def models(self) -> Any:
-        return self._send(_Request("GET", "/v1/models"))
+    def models(self) -> Models:
+        return Models.model_validate(self._send(_Request("GET", "/v1/models")))
 
-    def stats(self) -> Any:
-        return self._send(_Request("GET", "/v1/stats"))
+    def model_status(self, model_id: str, *, refresh: bool = False) -> ModelInfo | None:
+        """How the service serves ``model_id`` (read once per client from /v1/models; None: not served).
 
-    def health(self) -> Any:
-        return self._send(_Request("GET", "/v1/health"))
+        Warns :class:`ModelDeprecatedWarning` (with the sunset date and the model to move to) when it
+        is deprecated; its ``status`` is "retired" when searches would get 410.
+        """
+        if refresh or model_id not in self._statuses:
+            return self._status_of(self.models(), model_id)
+        return self._statuses[model_id]
 
-    def ready(self) -> Any:
-        return self._send(_Request("GET", "/v1/ready"))
+    def stats(self) -> Stats:
+        return Stats.model_validate(self._send(_Request("GET", "/v1/stats")))
+
+    def health(self) -> Health:
+        return Health.model_validate(self._send(_Request("GET", "/v1/health")))
+
+    def ready(self) -> Ready:
+        return Ready.model_validate(self._send(_Request("GET", "/v1/ready")))
 
 
 class AsyncShoplensClient(_ClientBase):
@@ -246,6 +332,7 @@ class AsyncShoplensClient(_ClientBase):
                 continue
             delay = attempts.after_response(response)
             if delay is None:
+                self._note_deprecation(req, response)
                 return response.json() if response.content else None
             await asyncio.sleep(delay)
 
@@ -258,20 +345,35 @@ class AsyncShoplensClient(_ClientBase):
     async def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
         return UpsertResponse.model_validate(await self._send(self._upsert(model_id, images, idempotency_key)))
 
-    async def flush(self, collection: str | None = None) -> Any:
-        return await self._send(self._flush(collection))
+    async def flush(self, collection: str | None = None) -> Flushed:
+        return Flushed.model_validate(await self._send(self._flush(collection)))
 
-    async def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> Any:
-        return await self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key))
+    async def delete_image(self, image_id: str, *, idempotency_key: str | None = None) -> DeleteResult:
+        return DeleteResult.model_validate(await self._send(self._delete(f"/v1/catalog/images/{_quote(image_id)}", idempotency_key)))
 
-    async def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> Any:
-        return await self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key))
+    async def delete_product(self, product_id: str, *, idempotency_key: str | None = None) -> DeleteResult:
+        return DeleteResult.model_validate(await self._send(self._delete(f"/v1/catalog/products/{_quote(product_id)}", idempotency_key)))
 
-    async def get_product(self, product_id: str) -> dict[str, Any]:
-        return await self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}"))
+    async def get_product(self, product_id: str) -> ProductImages:
+        return ProductImages.model_validate(await self._send(_Request("GET", f"/v1/catalog/products/{_quote(product_id)}")))
 
-    async def models(self) -> Any:
-        return await self._send(_Request("GET", "/v1/models"))
+    async def models(self) -> Models:
+        return Models.model_validate(await self._send(_Request("GET", "/v1/models")))
+
+    async def model_status(self, model_id: str, *, refresh: bool = False) -> ModelInfo | None:
+        """``ShoplensClient.model_status``, awaitable."""
+        if refresh or model_id not in self._statuses:
+            return self._status_of(await self.models(), model_id)
+        return self._statuses[model_id]
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._send(_Request("GET", "/v1/stats")))
+
+    async def health(self) -> Health:
+        return Health.model_validate(await self._send(_Request("GET", "/v1/health")))
+
+    async def ready(self) -> Ready:
+        return Ready.model_validate(await self._send(_Request("GET", "/v1/ready")))
 
 
 def _quote(segment: str) -> str:

@@ -22,12 +22,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from collections.abc import Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from shoplens.contract.codecs import Encoding, encode_vector
 from shoplens.contract.schemas import MAX_UPSERT_IMAGES, CatalogImage
+from shoplens.contract.sinks import CatalogSink
+from shoplens.contract.urls import ImageUrlError, check_image_url
 from shoplens.sdk.catalog import CatalogEntry
 from shoplens.sdk.images import ImageError, content_hash, read_bytes
 
@@ -36,17 +39,6 @@ IMAGE_ID_HEX = 24  # 96 bits of the content hash: collision-free at any catalog 
 
 def image_id_for(digest: str) -> str:
     return digest[:IMAGE_ID_HEX]
-
-
-class CatalogSink(Protocol):
-    """Where embedded images go; ``upsert`` returns only once the write is durable."""
-
-    model_id: str
-
-    def upsert(self, images: list[CatalogImage]) -> None: ...
-
-    def finish(self) -> None:
-        """Called once after the last write (e.g. to seal segments for indexing)."""
 
 
 class ApiSink:
@@ -120,6 +112,24 @@ class ImportState:
         self.db.close()
 
 
+class ImportStates:
+    """The ledgers of several models imported in one pass: an image is pending until every model has it."""
+
+    def __init__(self, states: list[ImportState]) -> None:
+        self.states = states
+
+    def is_done(self, digest: str) -> bool:
+        return all(s.is_done(digest) for s in self.states)
+
+    def mark_failed(self, image: str, reason: str) -> None:
+        for s in self.states:
+            s.mark_failed(image, reason)
+
+    def close(self) -> None:
+        for s in self.states:
+            s.close()
+
+
 @dataclass
 class ImportSummary:
     total: int = 0
@@ -128,6 +138,7 @@ class ImportSummary:
     duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     seconds: float = 0.0
+    per_model: dict[str, int] = field(default_factory=dict)  # model id -> images written to it
 
     @property
     def images_per_s(self) -> float:
@@ -136,23 +147,37 @@ class ImportSummary:
 
 # ---- worker side ------------------------------------------------------------------
 
-_RUNTIME: Any = None
+_RUNTIMES: list[Any] = []
 
 
-def _init_worker(embedder: str, detector: str | None, precision: str | None, threads: int, min_box_fraction: float = 0.01) -> None:
-    global _RUNTIME
+def _init_worker(embedder: str | list[str], detector: str | None, precision: str | None, threads: int, min_box_fraction: float = 0.01) -> None:
+    """One DeviceRuntime per embedder; only the first detects (the others embed the same crop)."""
+    global _RUNTIMES
     from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
 
     options = FlowOptions(max_objects=1, min_box_fraction=min_box_fraction)
-    _RUNTIME = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, precision=precision, num_threads=threads, options=options)
+    embedders = [embedder] if isinstance(embedder, str) else list(embedder)
+    _RUNTIMES = [DeviceRuntime.from_bundle(embedder=e, detector=detector if k == 0 else None, precision=precision,
+                                           num_threads=threads, options=options) for k, e in enumerate(embedders)]
 
 
-def _embed(task: tuple[int, bytes]) -> tuple[int, np.ndarray | None, str]:
-    """Main object of one image -> unit vector, or the reason it failed."""
+def _embed_all(data: bytes) -> tuple[list[np.ndarray], str]:
+    """Main object of one image -> one unit vector per embedder (decoded and detected once)."""
+    from shoplens.sdk.images import decode_rgb
+
+    rgb = decode_rgb(data)
+    first = _RUNTIMES[0].process(rgb).objects[0]
+    x1, y1, x2, y2 = first.box
+    box = (x1, y1, x2 - x1, y2 - y1) if first.source != "whole_image" else None
+    return [first.vector] + [rt.process(rgb, box=box).objects[0].vector for rt in _RUNTIMES[1:]], first.source
+
+
+def _embed(task: tuple[int, bytes]) -> tuple[int, list[np.ndarray] | None, str]:
+    """Main object of one image -> its vectors (one per embedder), or the reason it failed."""
     idx, data = task
     try:
-        result = _RUNTIME.process(data)
-        return idx, result.objects[0].vector, result.objects[0].source
+        vectors, source = _embed_all(data)
+        return idx, vectors, source
     except ImageError as exc:
         return idx, None, exc.message
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop the import
@@ -169,6 +194,15 @@ class _Pending:
     data: bytes
 
 
+def _check_entry(entry: CatalogEntry) -> None:
+    """Entries built in code skip the catalog reader's image_url check; refuse a bad one here, as
+    a per-image failure, so it neither aborts the run half-way nor reaches the index."""
+    try:
+        check_image_url(entry.image_url)
+    except ImageUrlError as exc:
+        raise ImageError(str(exc)) from None
+
+
 def _read(entry: CatalogEntry, http: Any) -> bytes:
     if entry.is_remote:
         try:
@@ -180,7 +214,7 @@ def _read(entry: CatalogEntry, http: Any) -> bytes:
     return read_bytes(entry.image)
 
 
-def _pending(entries: Iterable[CatalogEntry], state: ImportState, summary: ImportSummary, on_skip: Callable[[], None]) -> Iterator[_Pending]:
+def _pending(entries: Iterable[CatalogEntry], state: ImportState | ImportStates, summary: ImportSummary, on_skip: Callable[[], None]) -> Iterator[_Pending]:
     import httpx
 
     seen: set[str] = set()
@@ -188,6 +222,7 @@ def _pending(entries: Iterable[CatalogEntry], state: ImportState, summary: Impor
         for e in entries:
             summary.total += 1
             try:
+                _check_entry(e)
                 data = _read(e, http)
             except ImageError as exc:
                 summary.failed.append((e.image, exc.message))
@@ -229,7 +264,7 @@ def _to_image(p: _Pending, vector: np.ndarray) -> CatalogImage:
         category=e.category,
         price=e.price,
         currency=e.currency,
-        image_url=e.image_url or e.image,  # where the app (or the demo report) finds a thumbnail
+        image_url=e.image_url,  # the catalog's public URL or nothing: never the local path we read
         attributes={k: v for k, v in e.attributes.items() if isinstance(v, (str, int, float, bool))},
     )
 
@@ -238,19 +273,27 @@ class BatchWriter:
     """Collects embedded images into batches; a batch is recorded as done only after the sink
     acknowledged it. Shared by the local and the Ray engines."""
 
-    def __init__(self, sink: CatalogSink, state: ImportState, summary: ImportSummary, batch_size: int, advance: Callable[..., None] = lambda n=1: None) -> None:
+    def __init__(self, sink: CatalogSink, state: ImportState | ImportStates, summary: ImportSummary, batch_size: int,
+                 advance: Callable[..., None] = lambda n=1: None) -> None:
         self.sink, self.state, self.summary, self.batch_size, self.advance = sink, state, summary, batch_size, advance
         self.images: list[CatalogImage] = []
         self.done: list[tuple[str, str, str]] = []
+        self.written = 0
+        self.counted = 0
 
-    def add(self, p: _Pending, vec: np.ndarray | None, info: str) -> None:
+    def add(self, p: _Pending, vec: np.ndarray | None, info: str, *, counts: bool = True) -> None:
+        """Queue ``p``'s vector; ``counts``: it is an imported image in the summary (in a multi-model
+        import, an image counts once, with the first model that lacked it)."""
         if vec is None:
             self.summary.failed.append((p.entry.image, info))
             self.state.mark_failed(p.entry.image, info)
             self.advance()
             return
+        if self.state.is_done(p.digest):  # another model of a multi-model import lacked it, not this one
+            return
         self.images.append(_to_image(p, vec))
         self.done.append((p.digest, image_id_for(p.digest), p.entry.product_id))
+        self.counted += counts
         if len(self.images) >= self.batch_size:
             self.flush()
 
@@ -258,18 +301,48 @@ class BatchWriter:
         if self.images:
             self.sink.upsert(self.images)  # durable before we record it as done
             self.state.mark_done(self.done)
-            self.summary.imported += len(self.images)
-            self.advance(len(self.images))
-            self.images, self.done = [], []
+            self.written += len(self.images)
+            self.summary.per_model[self.sink.model_id] = self.summary.per_model.get(self.sink.model_id, 0) + len(self.images)
+            self.summary.imported += self.counted
+            self.advance(self.counted)
+            self.images, self.done, self.counted = [], [], 0
 
     def finish(self) -> None:
         """After the last batch: let the sink seal what was written (e.g. a Milvus flush)."""
         self.flush()
-        if self.summary.imported and hasattr(self.sink, "finish"):
+        if self.written and hasattr(self.sink, "finish"):
             self.sink.finish()
 
 
-def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[tuple[_Pending, np.ndarray | None, str]]:
+class ModelWriters:
+    """One BatchWriter per model of a multi-model import; an image's vectors go to the models that lack it."""
+
+    def __init__(self, writers: list[BatchWriter]) -> None:
+        self.writers = writers
+
+    def add(self, p: _Pending, vectors: list[np.ndarray] | None, info: str) -> None:
+        if vectors is None:  # one failure for the image, in every model's ledger
+            first = self.writers[0]
+            first.summary.failed.append((p.entry.image, info))
+            for w in self.writers:
+                w.state.mark_failed(p.entry.image, info)
+            first.advance()
+            return
+        needs = [not w.state.is_done(p.digest) for w in self.writers]
+        first = needs.index(True) if any(needs) else -1
+        for k, (writer, vec) in enumerate(zip(self.writers, vectors)):
+            writer.add(p, vec, info, counts=k == first)
+
+    def flush(self) -> None:
+        for w in self.writers:
+            w.flush()
+
+    def finish(self) -> None:
+        for w in self.writers:
+            w.finish()
+
+
+def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[tuple[_Pending, list[np.ndarray] | None, str]]:
     """Embed pending images in order. With a pool, reading/hashing (the feeder thread) overlaps
     embedding (the workers), and a semaphore bounds how many images are held in memory."""
     if pool is None:
@@ -295,9 +368,9 @@ def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[
 def import_catalog(
     entries: Iterable[CatalogEntry],
     *,
-    embedder: str | os.PathLike[str],
+    embedder: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     detector: str | os.PathLike[str] | None,
-    sink: CatalogSink,
+    sink: CatalogSink | Sequence[CatalogSink],
     state_path: str | os.PathLike[str],
     workers: int = 1,
     batch_size: int = 32,
@@ -309,6 +382,10 @@ def import_catalog(
 ) -> ImportSummary:
     """Embed and write every new image; see the module docstring for the guarantees.
 
+    ``embedder`` and ``sink`` may be lists of the same length (one sink per model, e.g. during a
+    rollout, when every served model needs the catalog): each image is read, decoded and
+    detected once, embedded by every model, and written to each model that lacks it; the ledger
+    is per model, so a resumed run redoes only what some model is missing.
     ``threads``: LiteRT threads per worker (default: 2 for one worker, 1 each for several).
     ``min_box_fraction``: a detection smaller than this share of the image is not the main
     object; the whole image is embedded instead (as the phone does with the same setting).
@@ -316,10 +393,15 @@ def import_catalog(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    embedders = [str(embedder)] if isinstance(embedder, (str, os.PathLike)) else [str(e) for e in embedder]
+    sinks = list(sink) if isinstance(sink, Sequence) else [sink]
+    if len(embedders) != len(sinks) or not sinks:
+        raise ValueError(f"one sink per embedder: {len(embedders)} embedders, {len(sinks)} sinks")
     summary = ImportSummary()
-    state = ImportState(state_path, sink.model_id)
+    ledgers = [ImportState(state_path, s.model_id) for s in sinks]
+    state = ImportStates(ledgers)
     threads = threads or (1 if workers > 1 else 2)
-    init_args = (str(embedder), str(detector) if detector else None, precision, threads, min_box_fraction)
+    init_args = (embedders, str(detector) if detector else None, precision, threads, min_box_fraction)
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
@@ -334,9 +416,9 @@ def import_catalog(
                 elapsed = time.perf_counter() - t0
                 bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
 
-            writer = BatchWriter(sink, state, summary, batch_size, advance)
-            for p, vec, info in _embedded(_pending(entries, state, summary, advance), pool, workers):
-                writer.add(p, vec, info)
+            writer = ModelWriters([BatchWriter(s, ledger, summary, batch_size, advance) for s, ledger in zip(sinks, ledgers)])
+            for p, vectors, info in _embedded(_pending(entries, state, summary, advance), pool, workers):
+                writer.add(p, vectors, info)
             writer.flush()
         writer.finish()
         failed = False

@@ -23,7 +23,7 @@ import numpy as np
 
 from shoplens.contract.codecs import Encoding, encode_vector
 from shoplens.contract.schemas import BatchSearchResponse
-from shoplens.sdk.errors import ModelMismatchError, NetworkError, ServiceUnavailableError
+from shoplens.sdk.errors import ModelMismatchError, ModelRetiredError, NetworkError, ServiceUnavailableError
 
 DEFAULT_TTL_S = 24 * 3600
 
@@ -31,6 +31,7 @@ DEFAULT_TTL_S = 24 * 3600
 class DropReason(str, Enum):
     EXPIRED = "expired"
     MODEL_MISMATCH = "model_mismatch"
+    MODEL_RETIRED = "model_retired"  # the service answers 410 for this model: replaying can never succeed
     REJECTED = "rejected"  # the service refused the request itself (4xx other than 409)
 
 
@@ -124,6 +125,9 @@ class OfflineQueue:
                 break  # still offline: keep this and everything after it
             except ModelMismatchError as exc:
                 outcomes.append(self._drop(entry, DropReason.MODEL_MISMATCH, exc.message))
+                continue
+            except ModelRetiredError as exc:
+                outcomes.append(self._drop(entry, DropReason.MODEL_RETIRED, exc.message))
                 continue
             except ShoplensAPIError as exc:
                 outcomes.append(self._drop(entry, DropReason.REJECTED, f"{exc.code.value}: {exc.message}"))

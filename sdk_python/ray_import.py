@@ -40,7 +40,8 @@ class _EmbedActor:
 
         idx, vecs, infos = [], [], []
         for i, data in zip(batch["idx"], batch["data"]):
-            _, vec, info = _embed((int(i), bytes(data)))
+            _, vectors, info = _embed((int(i), bytes(data)))
+            vec = None if vectors is None else vectors[0]  # the Ray engine imports one model
             idx.append(int(i))
             vecs.append(np.zeros(0, np.float32) if vec is None else vec.astype(np.float32))
             infos.append(info if vec is None else "")

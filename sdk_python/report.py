@@ -1,7 +1,10 @@
 """Render search results for people: an annotated photo and a self-contained HTML page.
 
-Thumbnails of local catalog images are embedded as data URIs so the page can
-be opened anywhere without a web server.
+Everything in a hit comes from the catalog, i.e. from whoever wrote it, so every
+value is HTML-escaped (attributes included) and a thumbnail ``src`` is either a
+remote URL that passes the contract's image_url rule or a ``data:`` URI made
+here. A hit's string is never read as a local file: pages that show local
+catalog images (the demo) pass their own product -> path lookup instead.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import base64
 import html
 import io
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shoplens.contract.urls import safe_image_url
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
@@ -48,11 +54,56 @@ def data_uri(image: Any, max_side: int = 320, quality: int = 80) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+#: exactly what :func:`data_uri` produces; any other data: URI did not come from this module
+_OWN_DATA_URI = re.compile(r"^data:image/jpeg;base64,[A-Za-z0-9+/]*={0,2}$")
+
+#: a hit (ProductHit-like dict) -> the ``src`` of its thumbnail, "" for none
+ThumbnailLookup = Callable[[Mapping[str, Any]], str]
+
+
 def thumbnail_src(image_url: str) -> str:
-    if image_url.startswith(("http://", "https://", "data:")):
-        return image_url
-    path = image_url.removeprefix("file://")
-    return data_uri(path, 160) if path and Path(path).is_file() else ""
+    """A hit's image_url as an ``<img src>``: only a remote http(s) URL that passes the contract
+    rule; anything else ("/etc/passwd", file:, javascript:, data:) gives "" (no thumbnail)."""
+    return safe_image_url(image_url)
+
+
+def remote_thumbnail(hit: Mapping[str, Any]) -> str:
+    """The default lookup: the hit's own image_url (``shoplens search --html``)."""
+    return thumbnail_src(str(hit.get("image_url") or ""))
+
+
+class LocalThumbnails:
+    """product_id -> a data: URI of a local image the *caller* chose (e.g. the demo's iconic image
+    per product). Paths come from the caller, never from a hit, so a hit cannot make the report
+    read a file of its choosing. Each image is encoded once."""
+
+    def __init__(self, paths: Mapping[str, str | os.PathLike[str]], max_side: int = 160) -> None:
+        self.paths = dict(paths)
+        self.max_side = max_side
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, hit: Mapping[str, Any]) -> str:
+        pid = str(hit.get("product_id") or "")
+        if pid not in self.paths:
+            return ""
+        if pid not in self._cache:
+            self._cache[pid] = data_uri(self.paths[pid], self.max_side)
+        return self._cache[pid]
+
+
+def _safe_src(src: str) -> str:
+    """Last check on any ``src`` before it is written: a data: URI of our own shape or a URL the
+    contract accepts; a lookup that returns anything else shows no thumbnail."""
+    return src if _OWN_DATA_URI.match(src) else safe_image_url(src)
+
+
+def _attr(value: str) -> str:
+    """An attribute value, quoted and escaped (quote=True escapes both ' and ")."""
+    return "'" + html.escape(value, quote=True) + "'"
+
+
+def _text(value: Any) -> str:
+    return html.escape(str(value), quote=True)
 
 
 @dataclass
@@ -69,19 +120,27 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}h1{font-s
 .hit img{max-width:120px;max-height:120px}.ok{border-color:#2e7d32;background:#e8f5e9}.obj{margin-bottom:8px}.meta{color:#666;font-size:13px}"""
 
 
-def render_html(cards: list[ReportCard], title: str, summary_html: str = "") -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", summary_html]
-    for card in cards:
-        parts.append(f"<div class='card'><div class='photo'><div class='meta'>{html.escape(card.title)}</div><img src='{data_uri(card.photo, 480)}'></div><div>")
-        for i, obj in enumerate(card.objects):
-            parts.append(f"<div class='obj'><div class='meta'>object {i + 1}: {html.escape(str(obj.get('label') or ''))} {obj.get('score', 0):.2f}</div><div class='hits'>")
-            for rank, hit in enumerate(obj.get("hits", []), start=1):
-                ok = obj.get("expected") is not None and hit.get("product_id") == obj.get("expected")
-                src = thumbnail_src(hit.get("image_url", ""))
-                img = f"<img src='{src}'>" if src else ""
-                name = html.escape(hit.get("title") or hit.get("product_id", ""))
-                parts.append(f"<div class='hit{' ok' if ok else ''}'>{img}<div>#{rank} {name}</div><div class='meta'>{hit.get('score', 0):.3f}{' &#10003;' if ok else ''}</div></div>")
-            parts.append("</div></div>")
+def _hit_html(hit: Mapping[str, Any], rank: int, expected: Any, thumbnail: ThumbnailLookup) -> str:
+    ok = expected is not None and hit.get("product_id") == expected
+    src = _safe_src(thumbnail(hit))
+    img = f"<img src={_attr(src)}>" if src else ""
+    name = _text(hit.get("title") or hit.get("product_id") or "")
+    score = float(hit.get("score") or 0)
+    return f"<div class='hit{' ok' if ok else ''}'>{img}<div>#{rank} {name}</div><div class='meta'>{score:.3f}{' &#10003;' if ok else ''}</div></div>"
+
+
+def _card_html(card: ReportCard, thumbnail: ThumbnailLookup) -> str:
+    parts = [f"<div class='card'><div class='photo'><div class='meta'>{_text(card.title)}</div><img src={_attr(data_uri(card.photo, 480))}></div><div>"]
+    for i, obj in enumerate(card.objects):
+        parts.append(f"<div class='obj'><div class='meta'>object {i + 1}: {_text(obj.get('label') or '')} {float(obj.get('score') or 0):.2f}</div><div class='hits'>")
+        parts += [_hit_html(hit, rank, obj.get("expected"), thumbnail) for rank, hit in enumerate(obj.get("hits", []), start=1)]
         parts.append("</div></div>")
-    parts.append("</body></html>")
+    parts.append("</div></div>")
     return "".join(parts)
+
+
+def render_html(cards: list[ReportCard], title: str, summary_html: str = "", thumbnail: ThumbnailLookup = remote_thumbnail) -> str:
+    """The report page. ``summary_html`` is trusted markup written by the caller (escape what
+    goes into it); ``thumbnail`` maps a hit to its image (default: its remote image_url)."""
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>{_text(title)}</title><style>{_CSS}</style></head><body>"
+    return "".join([head, f"<h1>{_text(title)}</h1>", summary_html, *(_card_html(c, thumbnail) for c in cards), "</body></html>"])

@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     admin_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to write the catalog")
     device_keys: list[SecretStr] = Field(default_factory=list, description="keys allowed to search")
     public_search: bool = Field(default=False, description="allow search without a device key (explicit opt-in)")
-    # --- cloud service knobs (issue 10); defaults suit a small demo on one machine ---
+    allow_http_image_urls: bool = Field(
+        default=False,
+        description="accept plain http:// image_url on upsert (default https:// only: phones load these URLs)",
+    )
+    # --- cloud service knobs; defaults suit a small demo on one machine ---
     milvus_timeout_s: float = Field(default=10.0, gt=0, description="connect / call timeout towards Milvus")
     index_type: str = Field(default="HNSW", description="vector index on Milvus servers (Lite always uses AUTOINDEX)")
     index_params: dict[str, Any] = Field(
@@ -70,14 +74,45 @@ class Settings(BaseSettings):
         description="consistency of searches/queries: Session sees this process's own writes without "
         "Strong's wait for the next time tick (~200 ms on a Milvus server)",
     )
-    async_search: bool = Field(
-        default=True,
-        description="searches use pymilvus' asyncio client on the event loop; false: the sync client in the "
-        "thread pool (one hop more per search, benchmarks/http_overhead.py)",
-    )
     binding_ttl_s: float = Field(default=2.0, ge=0, description="how long the alias->collection binding is cached")
+    load_wait_s: float = Field(
+        default=5.0, gt=0,
+        description="how long a request waits for the collection to finish loading (first requests after a "
+        "start) before it is answered 503 + Retry-After",
+    )
+    flush_interval_s: float = Field(
+        default=10.0, gt=0,
+        description="seal written rows at most this many seconds after the first unflushed write (searches over "
+        "unsealed rows are brute force; docs/cloud.md, 'Automatic flush')",
+    )
+    flush_rows: int = Field(default=5000, ge=1, description="seal at once when this many rows are unflushed")
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0,
+        description="on SIGTERM, in-flight requests get this long to finish before connections are closed",
+    )
     query_log: Path | None = Field(default=None, description="opt-in: append query vectors + returned product ids here (personal data; off by default)")
     query_log_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="rotate the query log past this size")
+    # --- abuse limits, proxies, shared limiter state, idempotency keys ---
+    auth_fail_per_s: float = Field(default=1.0, gt=0, description="failed authentications refilled per client address per second")
+    auth_fail_burst: int = Field(
+        default=20, ge=1, description="failed authentications a client address may make before every keyed request gets 429"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses/networks whose X-Forwarded-For / X-Forwarded-Proto `shoplens serve` trusts; "
+        "empty: proxy headers are ignored (the TCP peer is the client)",
+    )
+    shared_state_path: Path | None = Field(
+        default=None,
+        description="SQLite file holding the rate-limit buckets, shared by worker processes "
+        "(`serve --workers N` sets it; unset: buckets in memory)",
+    )
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="how long a write's Idempotency-Key replays its answer")
+    idempotency_db: Path | None = Field(
+        default=None,
+        description="SQLite file of idempotency keys and stored answers "
+        "(default: <cache_dir>/service/idempotency-<alias>-<hash of uri+alias>.db)",
+    )
     weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")
     data_dir: Path | None = Field(default=None, description="where datasets are looked for first")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="caches, converted models, Lite DB")

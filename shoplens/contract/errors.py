@@ -16,6 +16,8 @@ class ErrorCode(str, Enum):
     WRONG_DIMENSION = "wrong_dimension"
     UNKNOWN_ENCODING = "unknown_encoding"
     MODEL_MISMATCH = "model_mismatch"  # vector from another embedder
+    MODEL_RETIRED = "model_retired"  # vector from an embedder the service no longer serves: update the app
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # the same Idempotency-Key is still being processed
     VALIDATION_ERROR = "validation_error"
     UNKNOWN_FILTER_FIELD = "unknown_filter_field"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -39,6 +41,8 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.WRONG_DIMENSION: 422,
     ErrorCode.UNKNOWN_ENCODING: 422,
     ErrorCode.MODEL_MISMATCH: 409,
+    ErrorCode.MODEL_RETIRED: 410,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.UNKNOWN_FILTER_FIELD: 422,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,

@@ -10,11 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shoplens.contract.codecs import Encoding
 from shoplens.contract.errors import ErrorCode
 from shoplens.contract.model_id import MODEL_ID_PATTERN
+from shoplens.contract.storable import unstorable
+from shoplens.contract.urls import ACCEPTED as IMAGE_URL_ACCEPTED
+from shoplens.contract.urls import SCHEMA_PATTERN as IMAGE_URL_SCHEMA_PATTERN
+from shoplens.contract.urls import check_image_url, safe_image_url
 
 MAX_TOP_K = 100
 MAX_BATCH_VECTORS = 16
@@ -29,6 +33,15 @@ AttributeValue = str | int | float | bool
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Refuse what JSON parses but Milvus cannot hold (lone surrogates, NaN/inf, huge ints): a 422, not a 500."""
+        problem = unstorable(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class SearchFilters(_Body):
@@ -58,9 +71,10 @@ class BatchSearchRequest(_SearchOptions):
     vectors: list[str] = Field(min_length=1, max_length=MAX_BATCH_VECTORS, description="one per detected object")
 
 
-class ProductHit(BaseModel):
+class StoredImage(BaseModel):
+    """What the service returns about a stored catalog image (never its vector)."""
+
     product_id: str
-    score: float = Field(description="cosine similarity of the best-matching image of this product")
     image_id: str
     title: str = ""
     category: str = ""
@@ -68,6 +82,19 @@ class ProductHit(BaseModel):
     currency: str = ""
     image_url: str = ""
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _only_safe_urls(cls, value: object) -> str:
+        """A remote URL or nothing: a client never renders a local path or a script URL, even from a
+        service that stored one before the rule existed."""
+        return safe_image_url(value)
+
+
+class ProductHit(StoredImage):
+    """A product in search results, by its best-matching image."""
+
+    score: float = Field(description="cosine similarity of the best-matching image of this product")
 
 
 GroupingPath = Literal["native", "overfetch"]
@@ -103,9 +130,19 @@ class CatalogImage(_Body):
     category: str = Field(default="", max_length=128)
     price: float | None = Field(default=None, ge=0)
     currency: str = Field(default="", max_length=8)
-    image_url: str = Field(default="", max_length=2048)
+    image_url: str = Field(
+        default="", max_length=2048, description=f"sent to every device that gets this product: {IMAGE_URL_ACCEPTED}",
+        # the published schema states the rule for API clients and fuzzers; the validator below enforces it
+        json_schema_extra={"pattern": IMAGE_URL_SCHEMA_PATTERN},
+    )
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     created_at: datetime | None = None
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url_is_remote(cls, value: str) -> str:
+        """Local paths, file:/javascript:/data: URLs and UNC paths must never be stored (contract/urls.py)."""
+        return check_image_url(value, allow_http=True)
 
 
 class UpsertRequest(_Body):

@@ -60,3 +60,14 @@ class Catalog:
 
 def query(v: np.ndarray, encoding: str = "i8", **kw: Any) -> dict[str, Any]:
     return {"model_id": MODEL, "vector": encode_vector(v, encoding), "encoding": encoding, **kw}
+
+
+def api_error(r: Any, status: int, code: str) -> dict[str, Any]:
+    """The contract error body of ``r`` (an httpx/TestClient response), after checking status and code."""
+    from shoplens.contract.schemas import ErrorResponse
+
+    assert r.status_code == status, r.text
+    body = r.json()
+    ErrorResponse.model_validate(body)
+    assert body["error"]["code"] == code, body
+    return body["error"]  # type: ignore[no-any-return]

@@ -37,11 +37,12 @@ def test_restart_on_the_same_storage_returns_the_same_results(backend, client_fo
     assert "img-1-1" not in [i["image_id"] for i in again.get("/v1/catalog/products/prod-1", headers=DEVICE_H).json()["images"]]
 
 
-def test_reindex_swaps_the_alias_and_old_vectors_get_409(backend, client_for, catalog):
+def test_a_rollout_serves_both_models_until_the_old_one_is_retired(backend, client_for, catalog):
     _, make = backend
     c = client_for(make())
     assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
     old_active = [m for m in c.get("/v1/models", headers=DEVICE_H).json()["models"] if m["active"]][0]
+    assert old_active["status"] == "current"
 
     # the "new model": another vector space (a fixed rotation of the old one)
     rot = np.linalg.qr(np.random.default_rng(7).normal(size=(16, 16)))[0]
@@ -51,31 +52,40 @@ def test_reindex_swaps_the_alias_and_old_vectors_get_409(backend, client_for, ca
     new_images = [dict(img, vector=encode_vector(catalog.vectors[img["image_id"]] @ rot, "f32"))
                   for img in catalog.images]
 
-    # while the new collection fills, old-model searches keep working
+    # while the new collection fills, old-model searches keep working; new-model vectors are not served yet
     before = _search_ids(c, catalog.centres[2])
     r = c.put("/v1/catalog/images", params={"collection": staging},
               json={"model_id": MODEL_NEXT, "images": new_images}, headers=ADMIN_H)
     assert r.status_code == 200, r.text
     assert _search_ids(c, catalog.centres[2]) == before
+    err = c.post("/v1/search", json={**query(catalog.centres[2] @ rot), "model_id": MODEL_NEXT}, headers=DEVICE_H)
+    assert err.status_code == 409 and err.json()["error"]["details"]["served_model_ids"] == [MODEL]
     # writing the wrong model into the staging collection is refused
     r = c.put("/v1/catalog/images", params={"collection": staging}, json=catalog.upsert_body(MODEL), headers=ADMIN_H)
     assert r.status_code == 409
 
     r = c.post(f"/v1/catalog/collections/{staging}/activate", headers=ADMIN_H)
-    assert r.status_code == 200 and r.json()["model_id"] == MODEL_NEXT
+    assert r.status_code == 200 and r.json()["model_id"] == MODEL_NEXT and r.json()["active"] is True
 
-    err = c.post("/v1/search", json=query(catalog.centres[2]), headers=DEVICE_H)
-    assert err.status_code == 409 and MODEL_NEXT in err.json()["error"]["message"]
-    assert err.json()["error"]["details"] == {"request_model_id": MODEL, "catalog_model_id": MODEL_NEXT}
+    # both models are served: apps on the old bundle keep working while they update
+    assert _search_ids(c, catalog.centres[2]) == before
     new_hits = _search_ids(c, catalog.centres[2] @ rot, model_id=MODEL_NEXT)
     assert [p for p, _, _ in new_hits] == [p for p, _, _ in before]
-
     models = c.get("/v1/models", headers=DEVICE_H).json()["models"]
-    assert [(m["model_id"], m["active"]) for m in models] == [(MODEL_NEXT, True), (MODEL, False)]
-    # the served collection cannot be dropped; the old one can (--drop-old)
-    assert c.delete(f"/v1/catalog/collections/{staging}", headers=ADMIN_H).status_code == 422
+    assert [(m["model_id"], m["status"], m["active"]) for m in models] == [(MODEL_NEXT, "current", True), (MODEL, "supported", False)]
+
+    # the old model is retired: its apps get 410 naming the current model; then its collection can go
+    assert c.delete(f"/v1/catalog/collections/{old_active['collection']}", headers=ADMIN_H).status_code == 422  # still served
+    assert c.post(f"/v1/models/{MODEL}/retire", headers=ADMIN_H).json()["status"] == "retired"
+    gone = c.post("/v1/search", json=query(catalog.centres[2]), headers=DEVICE_H)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "model_retired"
+    assert gone.json()["error"]["details"]["current_model_id"] == MODEL_NEXT
+    assert c.delete(f"/v1/catalog/collections/{staging}", headers=ADMIN_H).status_code == 422  # the current one
     assert c.delete(f"/v1/catalog/collections/{old_active['collection']}", headers=ADMIN_H).status_code == 200
-    assert [m["model_id"] for m in c.get("/v1/models", headers=DEVICE_H).json()["models"]] == [MODEL_NEXT]
+    models = c.get("/v1/models", headers=DEVICE_H).json()["models"]
+    assert [(m["model_id"], m["status"], m["collection"]) for m in models] == [(MODEL_NEXT, "current", staging), (MODEL, "retired", "")]
+    # a retired model whose collection is gone cannot be re-activated
+    assert c.post(f"/v1/models/{MODEL}/support", headers=ADMIN_H).status_code == 404
 
 
 def test_reindex_cli_direct_with_rows_jsonl(lite_settings, client_for, catalog, tmp_path, monkeypatch):
@@ -99,11 +109,13 @@ def test_reindex_cli_direct_with_rows_jsonl(lite_settings, client_for, catalog, 
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["rows"] == 10 and out["previous_model_id"] == MODEL and out["dropped_previous"] is True
+    assert out["promoted"] is True and out["retired_previous"] is True
 
     c2 = client_for(settings)
     stats = c2.get("/v1/stats", headers=ADMIN_H).json()
     assert stats["model_id"] == MODEL_NEXT and stats["rows"] == 10
-    assert [m["model_id"] for m in c2.get("/v1/models", headers=DEVICE_H).json()["models"]] == [MODEL_NEXT]
+    models = c2.get("/v1/models", headers=DEVICE_H).json()["models"]
+    assert [(m["model_id"], m["status"]) for m in models] == [(MODEL_NEXT, "current"), (MODEL, "retired")]
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(catalog.images[0]) + "\n{\"image_id\": 1}\n")
@@ -186,3 +198,36 @@ def test_milvus_server_restart_keeps_acknowledged_writes(milvus_server, client_f
     again = client_for(settings())
     assert [_search_ids(again, catalog.centres[p]) for p in range(3)] == before
     assert again.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images) - 3
+
+
+def test_models_cli_direct_on_milvus(lite_settings, client_for, catalog, monkeypatch):
+    """`shoplens models list|deprecate|retire|support|promote` straight on the Milvus in SHOPLENS_MILVUS_URI."""
+    from typer.testing import CliRunner
+
+    from shoplens.cli import app
+    from shoplens.settings import get_settings
+
+    settings = lite_settings()
+    c = client_for(settings)
+    assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    staged = c.post("/v1/catalog/collections", json={"model_id": MODEL_NEXT}, headers=ADMIN_H).json()["collection"]
+    assert c.post(f"/v1/catalog/collections/{staged}/activate", params={"promote": "false"}, headers=ADMIN_H).json()["active"] is False
+    c.__exit__(None, None, None)  # a Lite file is locked to one process/user: release it for the CLI
+    monkeypatch.setenv("SHOPLENS_MILVUS_URI", settings.milvus_uri)
+    monkeypatch.setenv("SHOPLENS_COLLECTION", settings.collection)
+    get_settings.cache_clear()
+
+    def run(*args: str) -> list[dict]:
+        result = CliRunner().invoke(app, ["models", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert [(m["model_id"], m["status"]) for m in run("list")] == [(MODEL, "current"), (MODEL_NEXT, "supported")]
+    assert run("deprecate", MODEL_NEXT, "--sunset", "2027-01-15")[0]["sunset"] == "2027-01-15"
+    assert run("retire", MODEL_NEXT)[0]["status"] == "retired"
+    refused = CliRunner().invoke(app, ["models", "retire", MODEL])
+    assert refused.exit_code == 1 and "promote another model first" in refused.output
+    assert run("support", MODEL_NEXT)[0]["status"] == "supported"
+    promoted = run("promote", MODEL_NEXT, "--bundle-url", "https://cdn.example/next.zip")[0]
+    assert (promoted["status"], promoted["bundle_url"]) == ("current", "https://cdn.example/next.zip")
+    assert [(m["model_id"], m["status"]) for m in run("list")] == [(MODEL_NEXT, "current"), (MODEL, "supported")]

@@ -223,25 +223,25 @@ def test_search_before_any_catalog_is_404(backend, client_for):
     assert c.get("/v1/stats", headers=ADMIN_H).json()["rows"] == 0
 
 
-def test_thread_pool_search_path_answers_like_the_async_client(backend, client_for, catalog):
-    """SHOPLENS_ASYNC_SEARCH=false (sync pymilvus in the thread pool) is the fallback for the
-    asyncio client: both paths must build the same request and group the same way."""
-    kind, make = backend
-    answers = {}
-    for async_search in (True, False):
-        c = client_for(make(async_search=async_search))
-        if async_search:
-            assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
-        single = c.post("/v1/search", json=query(catalog.vectors["img-7-2"], "f32", top_k=6), headers=DEVICE_H)
-        batch = c.post("/v1/search/batch", headers=DEVICE_H, json={
-            "model_id": MODEL, "encoding": "f32", "top_k": 4,
-            "vectors": [encode_vector(catalog.vectors[i], "f32") for i in ("img-1-0", "img-8-1")]})
-        assert single.status_code == batch.status_code == 200, (single.text, batch.text)
-        answers[async_search] = (
-            [(h["image_id"], round(h["score"], 5)) for h in single.json()["hits"]],
-            [[h["image_id"] for h in res["hits"]] for res in batch.json()["results"]],
-            single.json()["grouping"],
-        )
-        c.__exit__(None, None, None)  # Lite: one process-wide server per file; reopen with the other path
-    assert answers[True] == answers[False]
-    assert answers[True][0][0][0] == "img-7-2"
+def test_the_stores_sync_search_answers_like_the_service(backend, client_for, catalog):
+    """``CatalogStore.search`` (the sync client: benchmarks, tools) and the service's asyncio path
+    run the same rounds: same request, same grouping, same hits."""
+    import numpy as np
+
+    _, make = backend
+    c = client_for(make())
+    assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    single = c.post("/v1/search", json=query(catalog.vectors["img-7-2"], "f32", top_k=6), headers=DEVICE_H)
+    batch = c.post("/v1/search/batch", headers=DEVICE_H, json={
+        "model_id": MODEL, "encoding": "f32", "top_k": 4,
+        "vectors": [encode_vector(catalog.vectors[i], "f32") for i in ("img-1-0", "img-8-1")]})
+    assert single.status_code == batch.status_code == 200, (single.text, batch.text)
+    store = c.app.state.shoplens.store
+    binding = store.binding(refresh=True)
+    hits, grouping = store.search(binding, catalog.vectors["img-7-2"][None, :].astype(np.float32), top_k=6)
+    assert [(h.image_id, round(h.score, 5)) for h in hits[0]] == [(h["image_id"], round(h["score"], 5)) for h in single.json()["hits"]]
+    assert grouping == single.json()["grouping"]
+    pair = np.stack([catalog.vectors[i] for i in ("img-1-0", "img-8-1")]).astype(np.float32)
+    results, _ = store.search(binding, pair, top_k=4)
+    assert [[h.image_id for h in r] for r in results] == [[h["image_id"] for h in res["hits"]] for res in batch.json()["results"]]
+    assert hits[0][0].image_id == "img-7-2"

@@ -11,8 +11,9 @@ from shoplens.settings import Settings
 
 from shoplens.cloud.auth import KeyRing, RateLimiter, Role
 from shoplens.cloud.errors import ApiError
+from shoplens.cloud.store_errors import InvalidRequest
 from shoplens.cloud.filters import build_filter, literal, quote
-from shoplens.cloud.store import native_grouping_supported, parse_server_version
+from shoplens.cloud.milvus_conn import native_grouping_supported, parse_server_version
 
 
 def test_filter_expression_is_built_from_our_fields_and_quoted_values():
@@ -27,15 +28,15 @@ def test_filter_expression_is_built_from_our_fields_and_quoted_values():
 
 
 def test_filter_refusals():
-    with pytest.raises(ApiError, match="greater than"):
+    with pytest.raises(InvalidRequest, match="greater than"):
         build_filter(SearchFilters(price_min=5, price_max=1))
-    with pytest.raises(ApiError, match="empty"):
+    with pytest.raises(InvalidRequest, match="empty"):
         build_filter(SearchFilters(category_in=[]))
-    with pytest.raises(ApiError, match="not allowed"):
+    with pytest.raises(InvalidRequest, match="not allowed"):
         build_filter(SearchFilters(attributes={'a"] or true': 1}))
-    with pytest.raises(ApiError, match="control"):
+    with pytest.raises(InvalidRequest, match="control"):
         quote("a\x00b")
-    with pytest.raises(ApiError, match="finite"):
+    with pytest.raises(InvalidRequest, match="finite"):
         literal(float("nan"))
 
 

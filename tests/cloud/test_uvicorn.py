@@ -7,6 +7,7 @@ and a 2xx write survives the process being killed (SIGKILL, no shutdown hook).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,35 +19,9 @@ import httpx
 import pytest
 
 from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, free_port, query
+from servekit import start_serve as _start, stop_serve as _stop
 
 pytestmark = pytest.mark.slow
-
-
-def _start(env: dict[str, str], port: int, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"serve not ready within 60 s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -121,7 +96,6 @@ def test_reindex_through_a_running_lite_service(server, catalog, tmp_path):
 
     from shoplens.contract.codecs import encode_vector
 
-    from shoplens.cloud.reindex import reindex_http
     from cloudkit import MODEL_NEXT
 
     url, _ = server
@@ -133,21 +107,27 @@ def test_reindex_through_a_running_lite_service(server, catalog, tmp_path):
         json.dumps(dict(img, vector=encode_vector(catalog.vectors[img["image_id"]] @ rot, "f32"))) + "\n"
         for img in catalog.images
     ))
-    result = reindex_http(url, ADMIN, MODEL_NEXT, rows, drop_old=True)
-    assert result.rows == len(catalog.images) and result.previous_model_id == MODEL and result.dropped_previous
+    cmd = [sys.executable, "-m", "shoplens", "reindex", "--url", url, "--admin-key", ADMIN, "--rows", str(rows),
+           "--model-id", MODEL_NEXT, "--drop-old"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["rows"] == len(catalog.images) and result["previous_model_id"] == MODEL and result["dropped_previous"]
     with httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/v1/search", json=query(catalog.centres[1]), headers=DEVICE_H)
-        assert r.status_code == 409 and MODEL_NEXT in r.json()["error"]["message"]
+        assert r.status_code == 410 and r.json()["error"]["details"]["current_model_id"] == MODEL_NEXT  # retired by --drop-old
         r = http.post("/v1/search", json={**query(catalog.centres[1] @ rot), "model_id": MODEL_NEXT}, headers=DEVICE_H)
         assert r.status_code == 200 and r.json()["hits"][0]["product_id"] == "prod-1"
-        assert [m["model_id"] for m in http.get("/v1/models", headers=DEVICE_H).json()["models"]] == [MODEL_NEXT]
+        models = http.get("/v1/models", headers=DEVICE_H).json()["models"]
+        assert [(m["model_id"], m["status"]) for m in models] == [(MODEL_NEXT, "current"), (MODEL, "retired")]
 
 
 def test_workers_refused_on_a_lite_file(serve_env, tmp_path):
     cmd = [sys.executable, "-m", "shoplens", "serve", "--port", str(free_port()), "--workers", "2"]
     res = subprocess.run(cmd, env=serve_env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
-    assert "locked to one process" in res.stderr and "--workers" in res.stderr
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", res.stderr).split())  # the error panel wraps long paths
+    assert "locked to one process" in said and "--workers" in said
 
 
 @pytest.mark.milvus_server

@@ -23,7 +23,8 @@ from shoplens.settings import Settings
 ADMIN, DEVICE = "fuzz-admin-key-000000", "fuzz-device-key-00000"
 MODEL_ID = "fuzz-8d-0123456789ab"
 _DB = Path(tempfile.mkdtemp(prefix="shoplens-fuzz-")) / "catalog.db"
-APP = create_app(Settings(milvus_uri=str(_DB), admin_keys=[ADMIN], device_keys=[DEVICE], rate_limit_per_s=1e6, rate_limit_burst=10**6, collection="fuzz"))
+APP = create_app(Settings(milvus_uri=str(_DB), admin_keys=[ADMIN], device_keys=[DEVICE], rate_limit_per_s=1e6, rate_limit_burst=10**6,
+                          auth_fail_per_s=1e6, auth_fail_burst=10**6, collection="fuzz"))
 
 
 def _seed() -> None:

@@ -107,6 +107,77 @@ def test_crash_mid_import_then_resume_equals_clean_run(tmp_path: Path, grocery_d
         assert np.allclose(a, b, atol=1e-6)
 
 
+def test_index_without_server_writes_through_the_clouds_milvus_sink(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    """`shoplens index` without --server: the root CLI hands the sdk's command the cloud's MilvusSink
+    (the sdk does not import the cloud); the rows land in the Lite file the service would read."""
+    import subprocess
+    import sys
+
+    from shoplens.cloud.store import CatalogStore
+    from shoplens.contract.manifest import load_manifest
+    from shoplens.settings import Settings
+
+    cat = _write_catalog(tmp_path, grocery_dir, 4)
+    env = {**os.environ, "SHOPLENS_MILVUS_URI": str(tmp_path / "direct.db"), "SHOPLENS_COLLECTION": "direct"}
+    res = subprocess.run([sys.executable, "-m", "shoplens", "index", "--catalog", str(cat), "--embedder", str(mobilenet_bundle), "--no-detector",
+                          "--state", str(tmp_path / "s.db"), "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 imported" in res.stdout
+    store = CatalogStore(Settings(milvus_uri=str(tmp_path / "direct.db"), collection="direct"))
+    try:
+        binding = store.binding(refresh=True)
+        assert binding is not None and binding.model_id == load_manifest(mobilenet_bundle).embedder.model_id
+        assert store.count(binding) == 4
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_index_writes_every_served_model_in_one_pass_and_resumes_per_model(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    """During a rollout two models are served: `shoplens index --bundle A --bundle B` reads and detects
+    each image once and writes each model's vector to that model's collection; a rerun redoes nothing,
+    and a ledger missing one model redoes that model only."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from shoplens.cloud.store import CatalogStore
+    from shoplens.contract.manifest import load_manifest
+    from shoplens.settings import Settings
+
+    shipped = Path(__file__).resolve().parents[2] / "mobile_assets" / "resnet50v2-s3-256"
+    ids = [load_manifest(b).embedder.model_id for b in (shipped, mobilenet_bundle)]
+    cat = _write_catalog(tmp_path, grocery_dir, 4)
+    settings = Settings(milvus_uri=str(tmp_path / "two.db"), collection="two")
+    store = CatalogStore(settings)  # both models served: the shipped one current, MobileNet beside it
+    try:
+        store.create_collection(ids[0], activate=True)
+        store.serve(store.create_collection(ids[1]).collection, promote=False)
+    finally:
+        store.close()
+    env = {**os.environ, "SHOPLENS_MILVUS_URI": settings.milvus_uri, "SHOPLENS_COLLECTION": "two"}
+    cmd = [sys.executable, "-m", "shoplens", "index", "--catalog", str(cat), "--embedder", str(shipped), "--embedder", str(mobilenet_bundle),
+           "--no-detector", "--state", str(tmp_path / "s.db"), "--no-progress"]
+
+    def index() -> str:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    assert "4 imported" in index()
+    assert "0 imported, 4 already indexed" in index()
+    with sqlite3.connect(tmp_path / "s.db") as db:  # as if the run had died after writing the first model only
+        db.execute("DELETE FROM done WHERE model_id = ?", (ids[1],))
+    assert "4 imported" in index()
+    store = CatalogStore(settings)
+    try:
+        for model_id, dim in zip(ids, (256, 1024)):
+            binding = store.model_binding(model_id)
+            assert binding.dim == dim and store.count(binding) == 4  # upserts by image id: the redo duplicated nothing
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 def test_two_workers_give_the_same_vectors(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
     from shoplens.contract.manifest import load_manifest
