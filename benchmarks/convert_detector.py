@@ -46,7 +46,7 @@ def tflite_latency_ms(path: Path, threads: int, runs: int) -> float:
 
 
 def convert(weights: str, imgsz: int, targets: list[str], precisions: list[str], out: Path, eval_extra_max: int) -> Any:
-    from shoplens.converters.detector import DetectorConvertOptions, convert_detector
+    from shoplens.converters.detector.convert import DetectorConvertOptions, convert_detector
 
     return convert_detector(DetectorConvertOptions(weights=weights, out=out, imgsz=imgsz, targets=targets, precisions=precisions,
                                                    eval_extra_max=eval_extra_max))

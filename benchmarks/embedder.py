@@ -25,12 +25,14 @@ import numpy as np
 import torch
 
 from shoplens.contract.manifest import ArtifactFormat, verify_bundle
-from shoplens.converters.embedder_convert import torch_embed
-from shoplens.converters.embedder_data import load_catalog
-from shoplens.converters.embedder_eval import RetrievalSets, embed_paths, evaluate_vectors
-from shoplens.converters.embedder_head import fit_head
-from shoplens.converters.embedder_model import EmbedderConfig, build_embedder, load_checkpoint
-from shoplens.converters.embedder_tflite import TFLiteEmbedder
+from shoplens.converters.embedder.convert import torch_embed
+from shoplens.converters.embedder.data import load_catalog
+from shoplens.converters.embedder.evaluate import RetrievalSets, embed_paths, evaluate_vectors
+from shoplens.converters.embedder.head import fit_head
+from shoplens.converters.embedder.model import EmbedderConfig, build_embedder, load_checkpoint
+from shoplens.converters.embedder.parity import embed_photos
+from shoplens.sdk.runtime import Embedder as SDKEmbedder
+from shoplens.sdk.wrap import wrap_tflite_embedder
 from shoplens.resources import find_weights, grocery_store
 from shoplens.settings import get_settings
 
@@ -39,29 +41,32 @@ Embed = Callable[[np.ndarray], np.ndarray]
 
 
 class MobileNetV1Reference:
-    """The Coral MobileNetV1 embedding extractor: uint8 224 in, 1024-d uint8 out (dequantised, L2-normalised)."""
+    """The Coral MobileNetV1 embedding extractor (uint8 224 in, 1024-d uint8 out), wrapped in a bundle and run by the SDK."""
 
     size = 224
 
     def __init__(self, threads: int = 2) -> None:
-        path = find_weights("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite").require()
-        self.runner = TFLiteEmbedder(path, threads=threads)
-        self.path = path
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        y = self.runner(batch).reshape(len(batch), -1)
-        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        self.path = find_weights("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite").require()
+        self.bundle = get_settings().cache_dir / "benchmarks" / "mobilenet_v1_bundle"
+        wrap_tflite_embedder(self.path, self.bundle, link=True)
+        self.embedder = SDKEmbedder(self.bundle, num_threads=threads)
 
 
-def latency_ms(path: Path, threads: int, runs: int = 30) -> float:
-    r = TFLiteEmbedder(path, threads=threads)
-    x = np.random.default_rng(0).integers(0, 255, size=(1, *r.input["shape"][1:]), dtype=np.uint8)
+def latency_ms(bundle: Path, precision: str | None, threads: int, runs: int = 30) -> float:
+    """Mean SDK ``embed`` time of one already-sized random image (preprocessing is then a no-op)."""
+    e = SDKEmbedder(bundle, precision, num_threads=threads)
+    x = np.random.default_rng(0).integers(0, 255, size=(e.artifact.input.height, e.artifact.input.width, 3), dtype=np.uint8)
     for _ in range(3):
-        r(x)
+        e.embed(x)
     t = time.perf_counter()
     for _ in range(runs):
-        r(x)
+        e.embed(x)
     return (time.perf_counter() - t) / runs * 1000
+
+
+def sdk_vectors(sets: RetrievalSets, embedder: SDKEmbedder, with_train: bool) -> dict[str, np.ndarray]:
+    keys = ("val", "iconic", "train") if with_train else ("val", "iconic")
+    return {k: embed_photos(embedder.embed, getattr(sets, k)) for k in keys}
 
 
 def vectors(sets: RetrievalSets, run: Embed, size: int, with_train: bool) -> dict[str, np.ndarray]:
@@ -119,14 +124,13 @@ def main() -> None:
             row.update({f"parity_{k}": v for k, v in a.parity.metrics.items() if k.startswith(("cos", "top10", "images"))})
         vec = None
         if a.format is ArtifactFormat.TFLITE:
-            path = args.bundle / a.file
-            row["latency_ms_1t"] = latency_ms(path, 1)
-            row["latency_ms_2t"] = latency_ms(path, 2)
-            vec = vectors(sets, TFLiteEmbedder(path, threads=2), size, with_train)
+            row["latency_ms_1t"] = latency_ms(args.bundle, a.precision.value, 1)
+            row["latency_ms_2t"] = latency_ms(args.bundle, a.precision.value, 2)
+            vec = sdk_vectors(sets, SDKEmbedder(args.bundle, a.precision, num_threads=2), with_train)
         rows.append((row, vec, "none"))
     mnet = MobileNetV1Reference()
     rows.append(({"model": "MobileNetV1 ImageNet embedder (reference)", "precision": "uint8", "runtime": "tflite", "size_mb": mnet.path.stat().st_size / 1e6,
-                  "latency_ms_1t": latency_ms(mnet.path, 1), "latency_ms_2t": latency_ms(mnet.path, 2)}, vectors(sets, mnet, mnet.size, with_train), "report"))
+                  "latency_ms_1t": latency_ms(mnet.bundle, None, 1), "latency_ms_2t": latency_ms(mnet.bundle, None, 2)}, sdk_vectors(sets, mnet.embedder, with_train), "report"))
     held: set[int] = set()
     if wait_for(args.holdout_checkpoint, args.wait_holdout):
         hmodel, _ = load_checkpoint(args.holdout_checkpoint)

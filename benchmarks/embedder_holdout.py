@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, command_line, write_result  # noqa: E402
-from embedder import MobileNetV1Reference  # noqa: E402
+from embedder import MobileNetV1Reference, sdk_vectors  # noqa: E402
 
-from shoplens.converters.embedder_data import holdout_products, load_catalog  # noqa: E402
-from shoplens.converters.embedder_eval import RetrievalSets, embed_paths, evaluate_vectors  # noqa: E402
-from shoplens.converters.embedder_model import load_checkpoint  # noqa: E402
-from shoplens.converters.train_embedder import TrainConfig, train, training_key  # noqa: E402
+from shoplens.converters.embedder.data import holdout_products, load_catalog  # noqa: E402
+from shoplens.converters.embedder.evaluate import RetrievalSets, evaluate_vectors  # noqa: E402
+from shoplens.converters.embedder.model import load_checkpoint  # noqa: E402
+from shoplens.converters.embedder.train import TrainConfig, train, training_key  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.settings import get_settings  # noqa: E402
 
@@ -96,7 +96,7 @@ def main() -> None:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     mnet = MobileNetV1Reference()
-    mvec = {k: embed_paths(mnet, getattr(sets, k), mnet.size) for k in ("val", "iconic", "train")}
+    mvec = sdk_vectors(sets, mnet.embedder, with_train=True)
     fresh: list[dict[str, Any]] = []
     for split in splits:
         held = holdout_products(cat, args.holdout, split)

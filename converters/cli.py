@@ -1,6 +1,6 @@
 """CLI wiring for the converters: ``shoplens convert detector|embedder`` and ``shoplens embedder ...``.
 
-The commands live beside their code (detector_cli.py, embedder_cli.py); this
+The commands live beside their code (detector/cli.py, embedder/cli.py); this
 module only mounts them, so the two converters never edit the same file.
 """
 
@@ -14,7 +14,7 @@ import typer
 convert_app = typer.Typer(help="Convert a model into an on-device bundle (CoreML / TFLite) with a parity report.", no_args_is_help=True)
 
 #: modules that each define ``register(convert_app, root_app)``
-_COMMAND_MODULES = ["shoplens.converters.detector_cli", "shoplens.converters.embedder_cli"]
+_COMMAND_MODULES = ["shoplens.converters.detector.cli", "shoplens.converters.embedder.cli"]
 
 
 def register(app: typer.Typer) -> None:

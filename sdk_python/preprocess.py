@@ -1,4 +1,4 @@
-"""Image preprocessing shared by the device SDK and the converters' parity checks (numpy only).
+"""The detector's letterbox, shared by the device SDK and the converters (numpy only).
 
 The detector was trained and exported with ultralytics' ``LetterBox``: scale the
 photo to fit the square input keeping its aspect, resize with bilinear
@@ -12,8 +12,6 @@ that ``yolo_decode`` needs to map boxes back to the original photo.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
 PAD_VALUE = 114
@@ -86,21 +84,3 @@ def letterbox(rgb: np.ndarray, input_h: int, input_w: int, pad_value: int = PAD_
     out = np.full((input_h, input_w, 3), pad_value, dtype=np.uint8)
     out[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
     return out, geo
-
-
-def to_input_tensor(img: np.ndarray, layout: str = "NHWC", scale: float = 1 / 255) -> np.ndarray:
-    """HxWx3 uint8 -> float32 batch of one in ``layout`` (``NHWC`` or ``NCHW``), scaled by ``scale``."""
-    x = img.astype(np.float32) * np.float32(scale)
-    if layout.upper() == "NCHW":
-        x = x.transpose(2, 0, 1)
-    elif layout.upper() != "NHWC":
-        raise ValueError(f"unknown layout {layout!r}")
-    return np.ascontiguousarray(x[None])
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode a photo file to HxWx3 uint8 RGB, upright per its EXIF orientation (as ``cv2.imread`` does)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()

@@ -28,6 +28,7 @@ from shoplens.contract.manifest import (
     manifest_path,
 )
 from shoplens.sdk.images import load_rgb
+from shoplens.sdk.preprocess import Letterbox
 from shoplens.sdk.tensors import prepare_input
 from shoplens.sdk.yolo_decode import Detections, decode_with_manifest, dequantize
 
@@ -112,9 +113,18 @@ class Detector:
         return self.spec.class_names
 
     def detect(self, rgb: np.ndarray, **overrides: Any) -> Detections:
+        raw, geo = self.infer(rgb)
+        return self.decode(raw, geo, **overrides)
+
+    def infer(self, rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """The raw ``yolo_raw`` output and the letterbox geometry: one inference that ``decode`` may read at several thresholds."""
         x, geo = prepare_input(rgb, self._model.artifact.input)
-        raw = self._model.run(x)[OutputRole.YOLO_RAW]
-        assert geo is not None, "a detector input must be letterboxed"
+        if geo is None:
+            raise ManifestError(f"{self._model.path.name}: a detector input must be letterboxed, the manifest says {self._model.artifact.input.resize.value}")
+        return self._model.run(x)[OutputRole.YOLO_RAW], geo
+
+    def decode(self, raw: np.ndarray, geo: Letterbox, **overrides: Any) -> Detections:
+        """Detections in photo pixels, with the manifest's thresholds unless overridden."""
         return decode_with_manifest(raw, geo, self.spec, self._out, **overrides)
 
 
@@ -242,8 +252,27 @@ class DeviceRuntime:
         timings.update(crop=crop_ms, embed=embed_ms, encode=encode_ms)
         return FlowResult((w, h), objects, timings, self.embedder.model_id, opts.encoding)
 
+    def check_model(self, client: Any) -> Any:
+        """The service's view of this runtime's embedder (read once per client): a ModelInfo, or None
+        when the client cannot tell; raises ModelRetiredError when the service retired it."""
+        status = getattr(client, "model_status", None)
+        info = status(self.embedder.model_id) if callable(status) else None
+        if info is not None and info.status == "retired":
+            from shoplens.contract.errors import ErrorCode
+            from shoplens.sdk.errors import ModelRetiredError
+
+            raise ModelRetiredError(f"embedder model {self.embedder.model_id} is retired by the service; update the app's bundle",
+                                    code=ErrorCode.MODEL_RETIRED, status=410, details={"request_model_id": self.embedder.model_id})
+        return info
+
     def search(self, photo: str | os.PathLike[str] | bytes | np.ndarray, client: Any, *, box: tuple[float, float, float, float] | None = None, top_k: int = 5, **search_options: Any) -> tuple[FlowResult, Any]:
-        """The whole phone flow: one batch request for all objects in the photo."""
+        """The whole phone flow: one batch request for all objects in the photo.
+
+        The first search with a client reads the service's models (``client.model_status``): a
+        deprecated embedder warns ModelDeprecatedWarning; a retired one raises ModelRetiredError
+        before any photo is processed, naming the model and bundle to update to.
+        """
+        self.check_model(client)
         result = self.process(photo, box=box)
         if not result.objects:
             return result, None

@@ -1,0 +1,4 @@
+"""The YOLO detector converter: ultralytics checkpoint -> TFLite / CoreML bundle with a parity gate.
+
+Entry point: ``shoplens.converters.detector.convert.convert_detector``.
+"""
