@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from shoplens.contract.manifest import load_manifest  # noqa: E402
-from shoplens.demo import _reference_embedder, catalog_entries, load_grocery  # noqa: E402
+from shoplens.demo.grocery import catalog_entries, load_grocery, reference_embedder  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.sdk.importer import import_catalog  # noqa: E402
 from shoplens.sdk.runtime import resolve_bundles  # noqa: E402
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shoplens-import-bench-"))
     embedder, detector = resolve_bundles(args.bundle, embedder_required=False)
-    embedder = embedder or _reference_embedder(work)
+    embedder = embedder or reference_embedder(work)
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     entries = catalog_entries(load_grocery(grocery_store().require()))[: args.images]
     rows = []

@@ -28,7 +28,8 @@ from common import write_result  # noqa: E402
 
 from shoplens.contract.codecs import Encoding, encode_vector  # noqa: E402
 from shoplens.contract.manifest import load_manifest  # noqa: E402
-from shoplens.demo import BackgroundService, _reference_embedder, _wait_until_indexed, catalog_entries, load_grocery  # noqa: E402
+from shoplens.demo.grocery import catalog_entries, load_grocery, reference_embedder  # noqa: E402
+from shoplens.demo.service import BackgroundService, wait_until_indexed  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.sdk.client import ShoplensClient  # noqa: E402
 from shoplens.sdk.images import load_rgb  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     data = load_grocery(grocery_store().require())
     work = Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
     embedder, detector = resolve_bundles(args.bundle, embedder_required=False)
-    embedder = embedder or _reference_embedder(work)
+    embedder = embedder or reference_embedder(work)
     manifest = load_manifest(embedder)
     model_id, dim = manifest.embedder.model_id, manifest.embedder.dim  # type: ignore[union-attr]
     tflite = [a.precision.value for a in manifest.artifacts if a.format.value == "tflite"]
@@ -81,7 +82,7 @@ def main() -> None:
             # queries use a detection only when it covers --min-box of the photo
             s = import_catalog(catalog_entries(data), embedder=embedder, detector=None, sink=ApiSink(ac, model_id), state_path=work / "state.db", workers=args.workers, progress=False)
         with ShoplensClient(svc.url, device) as client:
-            _wait_until_indexed(client, model_id, dim)
+            wait_until_indexed(client, model_id, dim)
             for precision in precisions:
                 rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, precision=precision, options=FlowOptions(max_objects=1, min_box_fraction=args.min_box))
                 stages: dict[str, list[float]] = {}

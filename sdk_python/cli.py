@@ -1,4 +1,11 @@
-"""``shoplens search`` (the phone's flow on one photo) and ``shoplens index`` (catalog import)."""
+"""``shoplens search`` (the phone's flow on one photo), ``shoplens index`` (catalog import) and
+``shoplens manifest wrap-embedder``.
+
+The root CLI (``shoplens/cli.py``) mounts :data:`app` and :data:`manifest_app`; this module
+imports nothing of it. What ``index`` needs from the cloud (a sink straight into Milvus, when
+there is no ``--server``) comes from the root CLI too, as ``ctx.obj.direct_sink``: the sdk never
+imports the cloud.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from rich.table import Table
 
 console = Console()
 notices = Console(stderr=True)  # file notices stay off stdout, so --json output is pure JSON
+app = typer.Typer()
+manifest_app = typer.Typer()
 
 
 def default_bundle_dir() -> Path:
@@ -34,6 +43,7 @@ def _parse_box(box: str | None) -> tuple[float, float, float, float] | None:
     return x, y, w, h
 
 
+@app.command()
 def search(
     photo: Path = typer.Argument(..., help="A photo (JPEG/PNG/WebP) as a shopper would take it."),
     bundle: Path = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/)."),
@@ -96,10 +106,13 @@ def search(
         notices.print(f"results page: {html_out}")
 
 
+@app.command()
 def index(
+    ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="catalog.csv, catalog.jsonl or a folder of <product_id>/ image folders."),
-    bundle: Path = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/)."),
-    embedder: Optional[Path] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's)."),
+    bundle: Optional[list[Path]] = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/). "
+                                                "Repeat it to index for several models in one pass (e.g. during a rollout); the detector is the first one's."),
+    embedder: Optional[list[Path]] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's); repeat it for several models."),
     detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
     no_detector: bool = typer.Option(False, "--no-detector", help="Embed whole images (catalog photos already framed on the product)."),
     min_box: float = typer.Option(0.01, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the image (then the whole image is embedded). Use the app's value."),
@@ -114,7 +127,8 @@ def index(
     """Embed every catalog image with the phone's bundle and write it to the index.
 
     Resumable (rerun after a crash redoes nothing), exact duplicates indexed once,
-    bad images reported and skipped.
+    bad images reported and skipped. With several --bundle (or --embedder), each image
+    is read and detected once and written to every model's collection (resumable per model).
     """
     from shoplens.extras import require_extra
     from shoplens.settings import get_settings
@@ -125,22 +139,34 @@ def index(
     from shoplens.contract.manifest import load_manifest
     from shoplens.sdk.runtime import resolve_bundles
 
-    emb, det = resolve_bundles(bundle or default_bundle_dir(), embedder=embedder, detector=detector, with_detector=not no_detector)
-    model_id = load_manifest(emb).embedder.model_id  # type: ignore[union-attr]
+    roots = list(bundle or []) or [default_bundle_dir()]
+    explicit = list(embedder or [])
+    resolved = [resolve_bundles(root, embedder=explicit[k] if k < len(explicit) else None, detector=detector,
+                                with_detector=not no_detector) for k, root in enumerate(roots)]
+    resolved += [resolve_bundles(None, embedder=e, with_detector=False) for e in explicit[len(roots):]]
+    embs, det = [emb for emb, _ in resolved], resolved[0][1]
+    model_ids = [load_manifest(e).embedder.model_id for e in embs]  # type: ignore[union-attr]
+    if len(set(model_ids)) != len(model_ids):
+        raise typer.BadParameter(f"the same model id twice: {', '.join(model_ids)}", param_hint="--bundle")
+    if engine == "ray" and len(embs) > 1:
+        raise typer.BadParameter("the ray engine indexes one model at a time; use --engine local for several", param_hint="--engine")
+    model_id = ", ".join(model_ids)
     entries = list(read_catalog(catalog))
-    state_path = state or get_settings().cache_dir / "imports" / f"{catalog.stem}-{model_id}.db"
-    sink, closer = _make_sink(server, api_key, model_id)
+    state_path = state or get_settings().cache_dir / "imports" / f"{catalog.stem}-{model_ids[0]}.db"
+    sinks, closers = zip(*(_make_sink(ctx, server, api_key, m) for m in model_ids))
     try:
         if engine == "ray":
             from shoplens.sdk.ray_import import import_catalog_ray
 
-            summary = import_catalog_ray(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size)
+            summary = import_catalog_ray(entries, embedder=embs[0], detector=det, sink=sinks[0], state_path=state_path, workers=workers, batch_size=batch_size)
         elif engine == "local":
-            summary = import_catalog(entries, embedder=emb, detector=det, sink=sink, state_path=state_path, workers=workers, batch_size=batch_size, progress=progress, total=len(entries), min_box_fraction=min_box)
+            summary = import_catalog(entries, embedder=embs, detector=det, sink=list(sinks), state_path=state_path, workers=workers,
+                                     batch_size=batch_size, progress=progress, total=len(entries), min_box_fraction=min_box)
         else:
             raise typer.BadParameter("choose local or ray", param_hint="--engine")
     finally:
-        closer()
+        for close in closers:
+            close()
     console.print(
         f"[bold]{summary.imported}[/] imported, {summary.already_done} already indexed (resumed), {summary.duplicates} exact duplicates, "
         f"{len(summary.failed)} failed, of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.1f} img/s); model {model_id}"
@@ -156,19 +182,40 @@ def index(
             console.print(f"... and {len(summary.failed) - 50} more (see {state_path})")
 
 
-def _make_sink(server: str | None, api_key: str | None, model_id: str):  # type: ignore[no-untyped-def]
+def _make_sink(ctx: typer.Context, server: str | None, api_key: str | None, model_id: str):  # type: ignore[no-untyped-def]
     if server:
         from shoplens.sdk.client import ShoplensClient
         from shoplens.sdk.importer import ApiSink
 
         client = ShoplensClient(server, api_key)
         return ApiSink(client, model_id), client.close
-    from shoplens.sdk.milvus_sink import MilvusSink
-
-    sink = MilvusSink(model_id)
+    direct_sink = getattr(ctx.obj, "direct_sink", None)  # the cloud's MilvusSink, handed over by the root CLI
+    if direct_sink is None:
+        raise typer.BadParameter("this command line cannot write straight to Milvus: give --server", param_hint="--server")
+    sink = direct_sink(model_id)
     return sink, sink.close
 
 
+def embed_catalog_rows(catalog: Path, bundle: Path, detector: Path | None, model_id: str, workers: int, cache_dir: Path) -> Path:
+    """A re-index's vectors (``shoplens reindex --catalog``): the catalog import with the new
+    bundle into a rows file in the cache (resumable); returns the file."""
+    from shoplens.extras import require_extra
+
+    require_extra("device")
+    from shoplens.sdk.catalog import read_catalog
+    from shoplens.sdk.importer import JsonlSink, import_catalog
+
+    work = cache_dir / "reindex" / f"{catalog.stem}-{model_id}"
+    rows = work / "rows.jsonl"
+    entries = list(read_catalog(catalog))
+    summary = import_catalog(entries, embedder=bundle, detector=detector, sink=JsonlSink(rows, model_id), state_path=work / "state.db", workers=workers, total=len(entries))
+    typer.echo(f"embedded {summary.imported} images ({summary.already_done} from an earlier run, {len(summary.failed)} failed) into {rows}", err=True)
+    if not rows.is_file():
+        raise typer.BadParameter(f"no image of {catalog} could be embedded", param_hint="--catalog")
+    return rows
+
+
+@manifest_app.command("wrap-embedder")
 def wrap_embedder(
     model: Path = typer.Argument(..., help="A .tflite embedder (one image input, one vector output)."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write (manifest.json + the model)."),
@@ -184,11 +231,3 @@ def wrap_embedder(
 
     m = wrap_tflite_embedder(model, out, name=name, resize=resize, link=link)
     console.print(f"wrote {out / 'manifest.json'}: {m.embedder.dim}-d, model id {m.embedder.model_id}")  # type: ignore[union-attr]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("search")(search)
-    app.command("index")(index)
-    from shoplens.cli import manifest_app
-
-    manifest_app.command("wrap-embedder")(wrap_embedder)

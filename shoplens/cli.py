@@ -1,17 +1,29 @@
-"""The ``shoplens`` command line: one entry point, a subcommand per job.
+"""The ``shoplens`` command line: one entry point, a subcommand per job -- and the composition root.
 
-Each package contributes its own Typer app (``converters/cli.py``,
-``cloud/cli.py``, ``sdk_python/cli.py``); those modules import heavy
-libraries inside the commands, so ``shoplens --help`` works with any extra.
+Each package has its own Typer app (``sdk_python/cli.py``, ``cloud/cli.py``,
+``converters/cli.py``, ``samples/demo/cli.py``); this module imports and mounts
+them, and none of them imports this module. Those modules import heavy libraries
+inside the commands, so ``shoplens --help`` works with any extra.
+
+It is also the one place where the sdk and the cloud meet (tests/core/test_layering.py
+lets no other module import both): a command of one that needs the other gets it
+from :class:`Composition`, which the root callback puts in ``ctx.obj``:
+
+- ``shoplens index`` without ``--server`` writes through the cloud's ``MilvusSink``
+  (a ``shoplens.contract.sinks.CatalogSink``);
+- ``shoplens reindex --catalog`` embeds the catalog with the sdk's importer;
+- ``shoplens reindex --url`` runs the cloud's re-index steps through the sdk's admin client.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -39,11 +51,46 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _milvus_sink(model_id: str) -> Any:
+    from shoplens.cloud.milvus_sink import MilvusSink
+
+    return MilvusSink(model_id)
+
+
+def _embed_catalog(catalog: Path, bundle: Path, detector: Path | None, model_id: str, workers: int, cache_dir: Path) -> Path:
+    from shoplens.sdk.cli import embed_catalog_rows
+
+    return embed_catalog_rows(catalog, bundle, detector, model_id, workers, cache_dir)
+
+
+@contextmanager
+def _service_admin(url: str, admin_key: str) -> Iterator[Any]:
+    from shoplens.sdk.admin import ServiceAdmin
+    from shoplens.sdk.client import ShoplensClient
+
+    with ShoplensClient(url, admin_key, timeout=60.0) as client:
+        yield ServiceAdmin(client)
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What one package's command takes from another; the commands find it in ``ctx.obj``."""
+
+    #: model id -> a CatalogSink straight into Milvus, with ``close()`` (``shoplens index`` without --server)
+    direct_sink: Callable[[str], Any] = _milvus_sink
+    #: (catalog, bundle, detector, model id, workers, cache dir) -> a rows file (``shoplens reindex --catalog``)
+    embed_catalog: Callable[[Path, Path, Path | None, str, int, Path], Path] = _embed_catalog
+    #: (url, admin key) -> a context manager yielding the re-index's CatalogAdmin over HTTP (``shoplens reindex --url``)
+    service_admin: Callable[[str, str], AbstractContextManager[Any]] = _service_admin
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Search-by-image shopping: convert models for phones, run the device flow, serve the catalog search."""
+    ctx.obj = Composition()
 
 
 @app.command()
@@ -107,31 +154,22 @@ def manifest_schema(out: Path | None = typer.Option(None, "--out", help="Write t
         console.print(f"wrote {out}")
 
 
-#: (module, function that adds its commands to the root app)
-_PLUGINS = [
-    ("shoplens.converters.cli", "register"),
-    ("shoplens.cloud.cli", "register"),
-    ("shoplens.sdk.cli", "register"),
-    ("shoplens.demo", "register"),
-]
+def _mount() -> None:
+    """Every subcommand, mounted here (their modules import only typer/rich at import time)."""
+    from shoplens.cloud.cli import app as cloud_app
+    from shoplens.converters.cli import register as converter_commands
+    from shoplens.demo.cli import app as demo_app
+    from shoplens.sdk.cli import app as sdk_app
+    from shoplens.sdk.cli import manifest_app as sdk_manifest_app
+
+    converters_app = typer.Typer()
+    converter_commands(converters_app)  # `convert detector|embedder`, `embedder ...`, on an app of ours
+    for sub in (converters_app, cloud_app, sdk_app, demo_app):  # nameless: their commands sit at the top level
+        app.add_typer(sub)
+    manifest_app.add_typer(sdk_manifest_app)  # `manifest wrap-embedder`
 
 
-def _load_plugins() -> None:
-    for module, attr in _PLUGINS:
-        spec = importlib.util.find_spec(module) if _parent_exists(module) else None
-        if spec is None:
-            continue
-        getattr(importlib.import_module(module), attr)(app)
-
-
-def _parent_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module.rsplit(".", 1)[0]) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-_load_plugins()
+_mount()
 
 
 def main() -> None:

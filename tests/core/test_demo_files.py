@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoplens.demo import demo_files
+from shoplens.demo.run import demo_files
 
 OLD = "resnet50v2-imagenet-s3-256d-9c7649584fb5"
 NEW = "resnet50v2-imagenet-s3-256d-4f282f3b978f"

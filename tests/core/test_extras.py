@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-FORBIDDEN = {"cloud": {"torch", "tensorflow", "ultralytics"}, "device": {"torch", "tensorflow", "ultralytics"}}
+FORBIDDEN = {"cloud": {"torch", "tensorflow", "ultralytics"}, "device": {"torch", "tensorflow", "ultralytics"},
+             "mediapipe": {"torch", "tensorflow", "ultralytics"}}
 
 
 def _name(req: str) -> str:
@@ -42,7 +43,7 @@ def _closure(dist: str, extras: set[str]) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("extra", ["cloud", "device"])
+@pytest.mark.parametrize("extra", ["cloud", "device", "mediapipe"])
 def test_extra_has_no_heavy_ml_frameworks(extra: str) -> None:
     deps = _closure("shoplens", {extra})
     assert deps, "shoplens metadata not found: is the package installed?"
@@ -54,6 +55,7 @@ def test_convert_extra_has_the_converters() -> None:
     deps = _closure("shoplens", {"convert"})
     assert {"torch", "ultralytics", "coremltools", "litert-torch"} <= deps
     assert "tensorflow" not in _closure("shoplens", {"all"})
+    assert "tensorflow" not in _closure("shoplens", {"dev"}), "mediapipe/playwright in dev must not bring tensorflow"
 
 
 def test_device_extra_brings_its_runtime() -> None:
