@@ -1,8 +1,12 @@
 // shoplens on Android: detect (LiteRT YOLO) -> crop -> embed (LiteRT) -> i8 -> POST /v1/search/batch.
 //
 // Put mobile_assets/yolov8n/yolov8n_int8.tflite and
-// mobile_assets/resnet50v2-s3-256/embedder_w8.tflite in src/main/assets. Every constant marked
-// `// manifest:` is checked against the bundle manifests by tests/e2e/test_mobile_samples.py.
+// mobile_assets/resnet50v2-s3-256/embedder_w8.tflite in src/main/assets. Every constant is marked
+// `// manifest:` (a bundle manifest field) or `// sdk:` (a default of the Python SDK,
+// shoplens.sdk.runtime.FlowOptions); tests/e2e/test_mobile_samples.py checks each one and the rules
+// below (letterbox vs stretch, strict thresholds, crop rounding, i8 encoding, request body). It is
+// not compiled in this repository's CI (it needs the Android SDK): build it in Android Studio.
+// The MediaPipe Tasks path (ImageEmbedder on the same embedder_w8.tflite) is in mobile_assets/README.md.
 
 package dev.shoplens.sample
 
@@ -15,6 +19,8 @@ import org.tensorflow.lite.Interpreter
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
 import kotlin.math.abs
+import kotlin.math.ceil
+import kotlin.math.floor
 import kotlin.math.max
 import kotlin.math.min
 import kotlin.math.roundToInt
@@ -29,16 +35,18 @@ object Shoplens {
     const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
     const val CONF_THRESHOLD = 0.25f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
-    const val MIN_BOX_FRACTION = 0.3f                                     // the product must fill 30% of the photo, else embed it whole
+    const val MAX_OBJECTS = 3                                             // sdk: FlowOptions.max_objects
+    const val MIN_BOX_FRACTION = 0.01f                                    // sdk: FlowOptions.min_box_fraction (of the photo area)
     const val IGNORED_LABEL = "person"                                    // manifest: yolov8n detector.class_names[0]
-    const val IGNORED_CLASS = 0                                           // the index of IGNORED_LABEL: the shopper's hand is never the product
+    const val IGNORED_CLASS = 0                                           // manifest: yolov8n detector.class_names.index(person) (the shopper's hand is never the product)
 
     const val EMBEDDER_FILE = "embedder_w8.tflite"                        // manifest: resnet50v2-s3-256/embedder_w8.tflite file
     const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8.tflite input.name
     const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8.tflite input.shape[1]
     const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
     const val MODEL_ID = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"       // manifest: resnet50v2-s3-256 embedder.model_id
-    const val CROP_MARGIN = 0.10f
+    const val CROP_MARGIN = 0.10f                                         // sdk: FlowOptions.crop_margin (of the box size, each side)
+    const val TOP_K = 5                                                   // sdk: DeviceRuntime.search top_k
 }
 
 data class Box(val x1: Float, val y1: Float, val x2: Float, val y2: Float, val score: Float, val cls: Int) {
@@ -50,7 +58,7 @@ fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
     val s = Shoplens.DETECTOR_SIZE
     val gain = min(s.toFloat() / photo.width, s.toFloat() / photo.height)
     val w = (photo.width * gain).roundToInt(); val h = (photo.height * gain).roundToInt()
-    val padX = (s - w) / 2; val padY = (s - h) / 2
+    val padX = ((s - w) / 2.0 - 0.1).roundToInt(); val padY = ((s - h) / 2.0 - 0.1).roundToInt()  // ultralytics: the odd pixel goes right / bottom
     val scaled = Bitmap.createScaledBitmap(photo, w, h, true)
     val buf = ByteBuffer.allocateDirect(4 * 3 * s * s).order(ByteOrder.nativeOrder())
     val pixels = IntArray(w * h).also { scaled.getPixels(it, 0, w, 0, 0, w, h) }
@@ -64,7 +72,7 @@ fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
 }
 
 /** Decode [1, 84, 8400] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels. */
-fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = 3): List<Box> {
+fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = Shoplens.MAX_OBJECTS): List<Box> {
     val (input, geo) = detectorInput(photo)
     val out = Array(1) { Array(Shoplens.DETECTOR_ROWS) { FloatArray(Shoplens.DETECTOR_CANDIDATES) } }
     detector.run(input, out)
@@ -89,11 +97,13 @@ fun iou(a: Box, b: Box): Float {
     return iw * ih / (a.area + b.area - iw * ih + 1e-9f)
 }
 
-/** Crop with margin, stretch to 224x224, uint8 RGB NHWC (normalisation is inside the model). */
+/** Crop with margin (floor / ceil, clipped), stretch to 224x224, uint8 RGB NHWC (normalisation is inside the model).
+ *  createScaledBitmap's bilinear does not antialias when shrinking; the SDK does (Pillow), which is worth
+ *  cos ~0.003 on large crops: shrink in halves first (or use an area filter) to match it more closely. */
 fun embed(embedder: Interpreter, photo: Bitmap, box: Box): FloatArray {
     val mx = (box.x2 - box.x1) * Shoplens.CROP_MARGIN; val my = (box.y2 - box.y1) * Shoplens.CROP_MARGIN
-    val l = max(0, (box.x1 - mx).toInt()); val t = max(0, (box.y1 - my).toInt())
-    val r = min(photo.width, (box.x2 + mx).toInt() + 1); val b = min(photo.height, (box.y2 + my).toInt() + 1)
+    val l = max(0, floor(box.x1 - mx).toInt()); val t = max(0, floor(box.y1 - my).toInt())
+    val r = min(photo.width, ceil(box.x2 + mx).toInt()); val b = min(photo.height, ceil(box.y2 + my).toInt())
     val crop = Bitmap.createScaledBitmap(Bitmap.createBitmap(photo, l, t, r - l, b - t), Shoplens.EMBEDDER_SIZE, Shoplens.EMBEDDER_SIZE, true)
     val n = Shoplens.EMBEDDER_SIZE * Shoplens.EMBEDDER_SIZE
     val input = ByteBuffer.allocateDirect(3 * n).order(ByteOrder.nativeOrder())
@@ -114,5 +124,5 @@ fun encodeI8(v: FloatArray): String {
 }
 
 /** The body of POST /v1/search/batch: one request for every object in the photo, vectors only. */
-fun searchBody(vectors: List<String>, topK: Int = 5): String = JSONObject()
+fun searchBody(vectors: List<String>, topK: Int = Shoplens.TOP_K): String = JSONObject()
     .put("model_id", Shoplens.MODEL_ID).put("encoding", "i8").put("vectors", JSONArray(vectors)).put("top_k", topK).toString()

@@ -2,8 +2,16 @@
 //
 // Drop mobile_assets/yolov8n/yolov8n_int8_nms.mlpackage and
 // mobile_assets/resnet50v2-s3-256/embedder_int8.mlpackage into the Xcode project (Xcode generates
-// the model classes). Every constant marked `// manifest:` is checked against the bundle manifests
-// by tests/e2e/test_mobile_samples.py, so this file cannot drift from the models we ship.
+// the model classes). Every constant is marked `// manifest:` (a bundle manifest field) or `// sdk:`
+// (a default of the Python SDK, shoplens.sdk.runtime.FlowOptions), and tests/e2e/test_mobile_samples.py
+// checks each one and the rules below (letterbox vs stretch, strict thresholds, i8 encoding, request
+// body), so this file cannot drift from the models we ship or from the SDK. It is not compiled in
+// this repository's CI (no Swift toolchain on Linux for UIKit/Vision): build it in Xcode.
+//
+// Letterbox yourself: Vision's `.scaleFit` keeps the aspect ratio but pads and resizes its own way
+// (not the grey 114, centred, bilinear letterbox the detector was trained and checked with), so the
+// photo is letterboxed here into a 640 x 640 image, which Vision then takes as is (`.scaleFill` on an
+// image of the input's size does nothing), and the boxes are mapped back by undoing the letterbox.
 
 import CoreML
 import Foundation
@@ -18,7 +26,9 @@ enum Shoplens {
     static let detectorBoxesOutput = "coordinates"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[0].name
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
     static let confidenceThreshold: Float = 0.25                      // manifest: yolov8n detector.conf_threshold
-    static let minBoxFraction: CGFloat = 0.3                          // the product must fill 30% of the photo, else embed it whole
+    static let padValue: CGFloat = 114                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.pad_value
+    static let maxObjects = 3                                         // sdk: FlowOptions.max_objects
+    static let minBoxFraction: CGFloat = 0.01                         // sdk: FlowOptions.min_box_fraction (of the photo area)
     static let ignoredLabel = "person"                                // manifest: yolov8n detector.class_names[0]
 
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out
@@ -28,36 +38,79 @@ enum Shoplens {
     static let embeddingOutput = "embedding"                          // manifest: resnet50v2-s3-256/embedder_int8.mlpackage outputs[0].name
     static let embeddingDim = 256                                     // manifest: resnet50v2-s3-256 embedder.dim
     static let modelId = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"   // manifest: resnet50v2-s3-256 embedder.model_id
-    static let cropMargin: CGFloat = 0.10
+    static let cropMargin: CGFloat = 0.10                             // sdk: FlowOptions.crop_margin (of the box size, each side)
+    static let topK = 5                                               // sdk: DeviceRuntime.search top_k
 }
 
-/// Boxes of the products in the photo, largest-and-surest first (score x area), in Vision's normalised coordinates.
-func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = 3) throws -> [CGRect] {
+/// Letterbox: scale to fit 640 x 640 keeping the aspect ratio, centre, pad grey 114 (ultralytics' rule).
+/// Returns the 640 x 640 image, the gain and the padding, to map boxes back to the photo.
+func letterbox(_ image: CGImage) -> (CGImage, CGFloat, CGFloat, CGFloat)? {
+    let s = CGFloat(Shoplens.detectorInputSize)
+    let gain = min(s / CGFloat(image.width), s / CGFloat(image.height))
+    let w = (CGFloat(image.width) * gain).rounded(), h = (CGFloat(image.height) * gain).rounded()
+    let padX = ((s - w) / 2 - 0.1).rounded(), padY = ((s - h) / 2 - 0.1).rounded()
+    guard let ctx = CGContext(data: nil, width: Int(s), height: Int(s), bitsPerComponent: 8, bytesPerRow: 0,
+                              space: CGColorSpaceCreateDeviceRGB(), bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return nil }
+    let grey = Shoplens.padValue / 255
+    ctx.setFillColor(red: grey, green: grey, blue: grey, alpha: 1)
+    ctx.fill(CGRect(x: 0, y: 0, width: s, height: s))
+    ctx.interpolationQuality = .low  // bilinear, no antialiasing: what the detector saw (OpenCV INTER_LINEAR)
+    ctx.draw(image, in: CGRect(x: padX, y: s - padY - h, width: w, height: h))  // CGContext's origin is bottom-left
+    guard let out = ctx.makeImage() else { return nil }
+    return (out, gain, padX, padY)
+}
+
+/// Boxes of the products in the photo, largest-and-surest first (score x area), in photo pixels (origin top-left).
+func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = Shoplens.maxObjects) throws -> [CGRect] {
+    let whole = CGRect(x: 0, y: 0, width: CGFloat(image.width), height: CGFloat(image.height))
+    guard let boxed = letterbox(image) else { return [whole] }
+    let (input, gain, padX, padY) = boxed
     let request = VNCoreMLRequest(model: try VNCoreMLModel(for: detector))
-    request.imageCropAndScaleOption = .scaleFit  // letterbox, as the model was trained
-    try VNImageRequestHandler(cgImage: image, orientation: .up).perform([request])
-    let found = (request.results as? [VNRecognizedObjectObservation] ?? [])
-        .filter { $0.confidence >= VNConfidence(Shoplens.confidenceThreshold) }
+    request.imageCropAndScaleOption = .scaleFill  // the input is already 640 x 640: taken as is
+    try VNImageRequestHandler(cgImage: input, orientation: .up).perform([request])
+    let s = CGFloat(Shoplens.detectorInputSize)
+    let photoArea = whole.width * whole.height
+    let found: [(CGRect, Float)] = (request.results as? [VNRecognizedObjectObservation] ?? [])
+        .filter { $0.confidence > VNConfidence(Shoplens.confidenceThreshold) }  // strictly above, as the SDK
         .filter { $0.labels.first?.identifier != Shoplens.ignoredLabel }  // the shopper's hand is never the product
-        .filter { $0.boundingBox.width * $0.boundingBox.height >= Shoplens.minBoxFraction }
-        .sorted { $0.confidence * Float($0.boundingBox.width * $0.boundingBox.height) > $1.confidence * Float($1.boundingBox.width * $1.boundingBox.height) }
-    let boxes = found.prefix(maxObjects).map { $0.boundingBox }
-    return boxes.isEmpty ? [CGRect(x: 0, y: 0, width: 1, height: 1)] : Array(boxes)  // no product found: the whole photo
+        .map { obs in
+            // Vision's box: normalised to the 640 x 640 input, origin bottom-left -> undo the letterbox
+            let b = obs.boundingBox
+            let x1 = (b.minX * s - padX) / gain, x2 = (b.maxX * s - padX) / gain
+            let y1 = ((1 - b.maxY) * s - padY) / gain, y2 = ((1 - b.minY) * s - padY) / gain
+            return (CGRect(x: x1, y: y1, width: x2 - x1, height: y2 - y1).intersection(whole), obs.confidence)
+        }
+        .filter { $0.0.width * $0.0.height >= Shoplens.minBoxFraction * photoArea }
+        .sorted { $0.1 * Float($0.0.width * $0.0.height) > $1.1 * Float($1.0.width * $1.0.height) }
+    let boxes = found.prefix(maxObjects).map { $0.0 }
+    return boxes.isEmpty ? [whole] : Array(boxes)  // no product found: the whole photo
 }
 
-/// Crop a Vision box (normalised, origin bottom-left) with a margin, in pixel coordinates.
+/// Crop a box (photo pixels, origin top-left) with the margin on each side: floor / ceil, clipped to the photo.
 func crop(_ image: CGImage, to box: CGRect) -> CGImage? {
-    let w = CGFloat(image.width), h = CGFloat(image.height)
-    var r = CGRect(x: box.minX * w, y: (1 - box.maxY) * h, width: box.width * w, height: box.height * h)
-    r = r.insetBy(dx: -r.width * Shoplens.cropMargin, dy: -r.height * Shoplens.cropMargin)
-    return image.cropping(to: r.intersection(CGRect(x: 0, y: 0, width: w, height: h)))
+    let mx = box.width * Shoplens.cropMargin, my = box.height * Shoplens.cropMargin
+    let left = max(0, (box.minX - mx).rounded(.down)), top = max(0, (box.minY - my).rounded(.down))
+    let right = min(CGFloat(image.width), (box.maxX + mx).rounded(.up)), bottom = min(CGFloat(image.height), (box.maxY + my).rounded(.up))
+    return image.cropping(to: CGRect(x: left, y: top, width: right - left, height: bottom - top))
 }
 
-/// The crop's 256-d embedding. Vision stretches the crop to 224x224 (the manifest's resize rule).
+/// Stretch a crop to 224 x 224 with an antialiased filter (the SDK shrinks with Pillow's antialiased
+/// bilinear; Vision's own resize, like MediaPipe's plain bilinear, gives cos ~0.998 on average instead of 1.0).
+func stretch(_ crop: CGImage) -> CGImage? {
+    let s = Shoplens.embedderInputSize
+    guard let ctx = CGContext(data: nil, width: s, height: s, bitsPerComponent: 8, bytesPerRow: 0,
+                              space: CGColorSpaceCreateDeviceRGB(), bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return nil }
+    ctx.interpolationQuality = .high
+    ctx.draw(crop, in: CGRect(x: 0, y: 0, width: s, height: s))
+    return ctx.makeImage()
+}
+
+/// The crop's 256-d embedding: stretched to 224 x 224 (the manifest's resize rule), uint8 RGB in.
 func embed(_ crop: CGImage, embedder: MLModel) throws -> [Float] {
+    guard let input = stretch(crop) else { throw NSError(domain: "shoplens", code: 2) }
     let request = VNCoreMLRequest(model: try VNCoreMLModel(for: embedder))
-    request.imageCropAndScaleOption = .scaleFill  // stretch
-    try VNImageRequestHandler(cgImage: crop, orientation: .up).perform([request])
+    request.imageCropAndScaleOption = .scaleFill  // stretch (a no-op here: the input is already 224 x 224)
+    try VNImageRequestHandler(cgImage: input, orientation: .up).perform([request])
     guard let out = (request.results as? [VNCoreMLFeatureValueObservation])?
         .first(where: { $0.featureName == Shoplens.embeddingOutput })?.featureValue.multiArrayValue,
           out.count == Shoplens.embeddingDim else { throw NSError(domain: "shoplens", code: 1) }
@@ -74,7 +127,7 @@ func encodeI8(_ v: [Float]) -> String {
 }
 
 /// One request for every object in the photo; only vectors leave the phone.
-func searchRequest(server: URL, deviceKey: String, vectors: [String], topK: Int = 5) throws -> URLRequest {
+func searchRequest(server: URL, deviceKey: String, vectors: [String], topK: Int = Shoplens.topK) throws -> URLRequest {
     var req = URLRequest(url: server.appendingPathComponent("v1/search/batch"))
     req.httpMethod = "POST"
     req.setValue("application/json", forHTTPHeaderField: "Content-Type")

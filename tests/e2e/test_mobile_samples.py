@@ -1,7 +1,15 @@
-"""The Swift and Kotlin samples use the shipped manifests' real names and sizes; so does the mobile README."""
+"""The Swift and Kotlin samples, the mobile README and the /app page agree with the manifests and the SDK.
+
+Checked: every literal constant of a sample is marked with the manifest field (`// manifest:`) or the
+SDK default (`// sdk:`) it must equal and does; the rules the samples implement (letterbox vs stretch,
+strict thresholds, class-aware NMS, min box, crop rounding, i8 encoding, the request body) as text;
+every flow number of mobile_assets/README.md; the page's flow options. The samples are not compiled
+here (no Swift toolchain for UIKit/Vision, no Android SDK on this Linux machine).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +23,9 @@ MARKED = re.compile(r'=\s*(?P<value>"[^"]*"|-?[\d.]+f?)\s*(?://\s*manifest:\s*(?
 
 
 def _lookup(data: object, path: str) -> object:
+    index_of = re.fullmatch(r"(.+)\.index\((.+)\)", path)
+    if index_of:
+        return _lookup(data, index_of.group(1)).index(index_of.group(2))  # type: ignore[attr-defined]
     for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
         data = data[int(part[1:-1])] if part.startswith("[") else data[part]  # type: ignore[index]
     return data
@@ -64,3 +75,124 @@ def test_i8_encoding_in_samples_matches_the_contract() -> None:
     kotlin = (ROOT / "samples/android/ShoplensSearch.kt").read_text()
     assert "* 127 / peak" in swift and ".toNearestOrEven" in swift and "min(127" in swift and "max(-127" in swift
     assert "* 127 / peak" in kotlin and "Math.rint" in kotlin and "coerceIn(-127.0, 127.0)" in kotlin
+
+
+# ---- every number and rule, not only the marked constants ---------------------------------------
+
+CONST_DECL = re.compile(r"^\s*(?:static let|const val)\s+(?P<name>\w+)(?:\s*:\s*\w+)?\s*=\s*(?P<value>\"[^\"]*\"|-?[\d.]+f?)(?P<rest>.*)$")
+SDK_MARK = re.compile(r"//\s*sdk:\s*(?P<ref>FlowOptions\.\w+|DeviceRuntime\.search top_k)")
+
+
+def _sdk_value(ref: str) -> object:
+    import inspect
+
+    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
+
+    if ref.startswith("FlowOptions."):
+        return getattr(FlowOptions(), ref.split(".", 1)[1])
+    return inspect.signature(DeviceRuntime.search).parameters["top_k"].default
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_every_constant_is_checked(sample: Path) -> None:
+    """Each literal constant of a sample is tied to a manifest field or an SDK default, and has that value."""
+    seen = 0
+    for line in sample.read_text().splitlines():
+        m = CONST_DECL.match(line)
+        if not m:
+            continue
+        seen += 1
+        rest = m.group("rest")
+        sdk = SDK_MARK.search(rest)
+        assert "// manifest:" in rest or sdk, f"{sample.name}: {m.group('name')} = {m.group('value')} is not marked `// manifest:` or `// sdk:`"
+        if sdk:
+            expected = _sdk_value(sdk.group("ref"))
+            got = _value(m.group("value"))
+            assert float(expected) == pytest.approx(got), f"{sample.name}: {m.group('name')} = {got}, the SDK's {sdk.group('ref')} is {expected}"  # type: ignore[arg-type]
+    assert seen >= 15, f"{sample.name}: only {seen} constants found; did the declaration style change?"
+
+
+def test_sample_rules_match_the_sdk() -> None:
+    """The rules the samples implement, as the SDK and the manifests have them."""
+    det = load_manifest(ROOT / "mobile_assets" / "yolov8n")
+    emb = load_manifest(ROOT / "mobile_assets" / "resnet50v2-s3-256")
+    assert det.detector is not None and emb.embedder is not None
+    assert det.artifact("tflite").input.resize.value == "letterbox" and emb.artifact("tflite").input.resize.value == "stretch"
+    assert det.detector.class_names.index("person") == 0  # IGNORED_CLASS in the Kotlin sample
+    swift = (ROOT / "samples/ios/ShoplensSearch.swift").read_text()
+    kotlin = (ROOT / "samples/android/ShoplensSearch.kt").read_text()
+    code = {name: "\n".join(ln.split("//")[0] for ln in text.splitlines()) for name, text in (("swift", swift), ("kotlin", kotlin))}
+    # detector input: letterboxed by the app (Vision's .scaleFit is not the detector's letterbox), pad from the manifest
+    assert ".scaleFit" not in code["swift"] and "func letterbox(" in code["swift"] and "Shoplens.padValue" in code["swift"]
+    assert "- 0.1" in code["swift"] and "- 0.1" in code["kotlin"]  # ultralytics' centring rule (odd pixel right/bottom)
+    assert "Shoplens.DETECTOR_PAD" in code["kotlin"] and "/ 255f" in code["kotlin"]
+    # thresholds are strict, as the SDK's decoder: score > conf, suppress when IoU > iou
+    assert "$0.confidence > VNConfidence(Shoplens.confidenceThreshold)" in code["swift"]
+    assert "score <= Shoplens.CONF_THRESHOLD) return@mapNotNull null" in code["kotlin"]
+    assert "iou(it, b) > Shoplens.IOU_THRESHOLD" in code["kotlin"] and "it.cls == b.cls" in code["kotlin"]  # class-aware NMS
+    # objects: person ignored, min box of the photo area, ranked by score x area, top max_objects, whole photo otherwise
+    assert ">= Shoplens.minBoxFraction * photoArea" in code["swift"] and "it.area >= Shoplens.MIN_BOX_FRACTION * photoArea" in code["kotlin"]
+    assert "sortedByDescending { it.score * it.area }.take(maxObjects)" in code["kotlin"]
+    # crops: margin on each side, floor / ceil, clipped
+    assert ".rounded(.down)" in code["swift"] and ".rounded(.up)" in code["swift"]
+    assert "floor(box.x1 - mx)" in code["kotlin"] and "ceil(box.x2 + mx)" in code["kotlin"]
+    # embedder input: stretched to the square input, uint8 RGB (normalisation inside the graph)
+    assert ".scaleFill" in code["swift"] and "func stretch(" in code["swift"]
+    assert "Shoplens.EMBEDDER_SIZE, Shoplens.EMBEDDER_SIZE, true" in code["kotlin"]
+    assert emb.embedder.preprocessing["input_dtype"] == "uint8" and "toByte()" in code["kotlin"]
+    # i8: L2-normalise, largest |component| -> 127, round half to even, clamp to -127..127
+    assert ".rounded(.toNearestOrEven)" in code["swift"] and "max(-127, min(127," in code["swift"]
+    assert "Math.rint(" in code["kotlin"] and "coerceIn(-127.0, 127.0)" in code["kotlin"]
+    assert "127 / peak" in code["swift"] and "127 / peak" in code["kotlin"]
+    # the request: POST /v1/search/batch with exactly the model id, the encoding, the vectors and top_k
+    bodies = {"swift": next(ln for ln in code["swift"].splitlines() if "let body:" in ln),
+              "kotlin": code["kotlin"][code["kotlin"].index("fun searchBody"):]}
+    for name, body in bodies.items():
+        body_keys = set(re.findall(r'"(\w+)"', body)) - {"i8"}
+        assert body_keys == {"model_id", "encoding", "vectors", "top_k"}, (name, body_keys)
+        assert '"i8"' in body
+    assert 'appendingPathComponent("v1/search/batch")' in code["swift"]
+
+
+def test_mobile_readme_numbers_match() -> None:
+    """Every number mobile_assets/README.md states about the flow is the manifests' or the SDK's."""
+    from shoplens.sdk.runtime import FlowOptions
+
+    text = (ROOT / "mobile_assets" / "README.md").read_text()
+    det = load_manifest(ROOT / "mobile_assets" / "yolov8n")
+    emb = load_manifest(ROOT / "mobile_assets" / "resnet50v2-s3-256")
+    opts = FlowOptions()
+    d_in, e_in = det.artifact("tflite").input, emb.artifact("tflite").input
+    expected = [
+        f"letterbox to {d_in.width} x {d_in.height}",
+        f"score > {det.detector.conf_threshold}",  # type: ignore[union-attr]
+        f"IoU {det.detector.iou_threshold}",  # type: ignore[union-attr]
+        f"under {opts.min_box_fraction:.0%} of the photo",
+        f"the top {opts.max_objects} boxes",
+        f"{opts.crop_margin:.0%} margin",
+        f"stretch to {e_in.width} x {e_in.height}",
+        f"grey {d_in.pad_value}",
+        f"base64 of the {emb.embedder.dim} bytes ({4 * ((emb.embedder.dim + 2) // 3)} characters)",  # type: ignore[union-attr]
+        "round half to even",
+        "clamp to -127..127",
+        "score > conf",
+    ]
+    for phrase in expected:
+        assert phrase in text, f"mobile_assets/README.md should say {phrase!r}"
+    for pct in re.findall(r"(\d+)% of the photo\b", text):
+        assert float(pct) / 100 == opts.min_box_fraction, f"README says {pct}% of the photo; the SDK's min_box_fraction is {opts.min_box_fraction}"
+    assert ".scaleFit` letterboxes" not in text
+
+
+def test_browser_page_flow_matches_the_sdk() -> None:
+    """The /app page's flow options (cloud/static/app/flow.js) are the SDK's FlowOptions defaults."""
+    from shoplens.sdk.runtime import FlowOptions
+
+    js = (ROOT / "cloud" / "static" / "app" / "flow.js").read_text()
+    opts = FlowOptions()
+    found = dict(re.findall(r"^\s*(\w+):\s*([^,]+),\s*//\s*FlowOptions\.\w+", js, flags=re.M))
+    assert float(found["maxObjects"]) == opts.max_objects
+    assert float(found["cropMargin"]) == opts.crop_margin
+    assert float(found["minBoxFraction"]) == opts.min_box_fraction
+    assert json.loads(found["ignoreLabels"]) == list(opts.ignore_labels)
+    assert json.loads(found["encoding"]) == opts.encoding.value
