@@ -71,3 +71,17 @@ def api_error(r: Any, status: int, code: str) -> dict[str, Any]:
     ErrorResponse.model_validate(body)
     assert body["error"]["code"] == code, body
     return body["error"]  # type: ignore[no-any-return]
+
+
+def wait_ready(c: Any, timeout_s: float = 60.0) -> None:
+    """Poll /v1/ready until 200, as a deployment's readiness probe does after a start on an existing
+    catalog (loading its collections can take seconds on a busy machine; meanwhile requests get 503)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = c.get("/v1/ready")
+        if r.status_code == 200:
+            return
+        assert r.status_code == 503 and "retry-after" in r.headers and time.monotonic() < deadline, r.text
+        time.sleep(0.2)

@@ -12,7 +12,7 @@ import pytest
 
 from shoplens.contract.codecs import encode_vector
 
-from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, MODEL_NEXT, Catalog, query
+from cloudkit import ADMIN, ADMIN_H, DEVICE, DEVICE_H, MODEL, MODEL_NEXT, Catalog, query, wait_ready
 
 
 def _search_ids(c, v, top_k=5, model_id=MODEL):
@@ -31,6 +31,7 @@ def test_restart_on_the_same_storage_returns_the_same_results(backend, client_fo
     c.__exit__(None, None, None)  # lifespan shutdown closes the store (and releases the Lite file)
 
     again = client_for(settings)
+    wait_ready(again)
     after = [_search_ids(again, catalog.centres[p]) for p in range(4)]
     assert after == before
     assert again.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images) - 1
@@ -196,6 +197,7 @@ def test_milvus_server_restart_keeps_acknowledged_writes(milvus_server, client_f
         c.__exit__(None, None, None)
         milvus_server.start()  # same base dir; the port may differ (see MilvusServerHandle)
     again = client_for(settings())
+    wait_ready(again)
     assert [_search_ids(again, catalog.centres[p]) for p in range(3)] == before
     assert again.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images) - 3
 

@@ -17,7 +17,7 @@ import pytest
 
 from shoplens.contract.codecs import encode_vector
 
-from cloudkit import ADMIN_H, DEVICE_H
+from cloudkit import ADMIN_H, DEVICE_H, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "mobile_assets" / "resnet50v2-s3-256"
@@ -168,6 +168,7 @@ def test_two_real_embedders_through_a_rollout(backend, client_for, grocery: Groc
     # a restart keeps the registry; a retired model can be served again while its collection exists
     c.__exit__(None, None, None)
     c = client_for(settings)
+    wait_ready(c)
     models = {m["model_id"]: m["status"] for m in c.get("/v1/models", headers=DEVICE_H).json()["models"]}
     assert models == {new.model_id: "current", old.model_id: "retired"}
     assert _top1(c, old, old.queries[0]).status_code == 410

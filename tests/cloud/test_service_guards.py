@@ -13,7 +13,7 @@ import pytest
 
 from shoplens.contract.codecs import encode_vector
 
-from cloudkit import ADMIN_H, DEVICE_H, DIM, MODEL, MODEL_NEXT, query
+from cloudkit import ADMIN_H, DEVICE_H, DIM, MODEL, MODEL_NEXT, query, wait_ready
 
 
 def _metric(c, name: str, **labels: str) -> float:
@@ -55,6 +55,7 @@ def test_deleting_the_alias_name_is_refused_and_the_catalog_survives(backend, cl
 
     c.__exit__(None, None, None)
     again = client_for(settings)
+    wait_ready(again)
     assert again.get("/v1/stats", headers=ADMIN_H).json()["rows"] == len(catalog.images)
 
 
