@@ -50,8 +50,9 @@ MODEL_ID = "soaktest-64d-0123456789ab"
 DIM = 64
 SEED_PRODUCTS = 500
 IMAGES_PER_WRITE = 5
-#: transport errors and 503s are retried this often, with the same Idempotency-Key
-WRITE_RETRIES = 20
+#: transport errors and 503s are retried this often, 0.5 s apart, with the same Idempotency-Key:
+#: long enough to outlast the restart, as an app's retry policy does
+WRITE_RETRIES = 180
 
 
 def _free_port() -> int:
@@ -180,7 +181,7 @@ async def _client(i: int, base: list[str], centres: np.ndarray, stop_at: float, 
                         ledger.latencies[kind].append((t1 - t0) * 1000)
                         return r
                 if attempt < WRITE_RETRIES and retry:
-                    await asyncio.sleep(0.25)
+                    await asyncio.sleep(0.5)
             return r
 
         for n in range(max_requests):

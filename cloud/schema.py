@@ -149,6 +149,15 @@ def hit_id(hit: dict[str, Any]) -> str:
     return str(hit.get("entity", {}).get(PK, ""))
 
 
+def _iso_from_ms(value: Any) -> str:
+    """A stored epoch-ms as ISO 8601; "" for a value no date can hold (a row Milvus Lite recovered
+    garbled from a write torn by kill -9 was seen with such values: it must not turn a read into a 500)."""
+    try:
+        return datetime.fromtimestamp(int(value or 0) / 1000, tz=timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError, TypeError):
+        return ""
+
+
 def _price(value: Any) -> float | None:
     if value is None or float(value) < 0:
         return None
@@ -180,5 +189,5 @@ def row_to_image_info(row: dict[str, Any]) -> dict[str, Any]:
         "currency": row.get("currency", ""),
         "image_url": safe_image_url(row.get("image_url")),
         "attributes": dict(row.get("attributes") or {}),
-        "created_at": datetime.fromtimestamp(int(row.get("created_at", 0)) / 1000, tz=timezone.utc).isoformat(),
+        "created_at": _iso_from_ms(row.get("created_at")),
     }

@@ -89,7 +89,7 @@ class Flushed(BaseModel):
 class ImageInfo(StoredImage):
     """One stored catalog image as ``GET /v1/catalog/products/{id}`` returns it."""
 
-    created_at: str = Field(description="ISO 8601, UTC")
+    created_at: str = Field(description="ISO 8601, UTC (empty when the stored value is not a date)")
 
 
 class ProductImages(BaseModel):

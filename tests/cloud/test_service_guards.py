@@ -4,9 +4,9 @@ are sealed without anyone calling flush, and requests during a collection load g
 
 from __future__ import annotations
 
-import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -310,3 +310,40 @@ def test_a_collection_released_behind_the_services_back_is_loaded_again(backend,
         r = check()
         assert r.status_code == 200, r.text[:300]
     assert c.post("/v1/search", json=query(catalog.centres[4], top_k=3), headers=DEVICE_H).json()["hits"][0]["product_id"] == "prod-4"
+
+
+def test_a_lite_file_takes_one_write_at_a_time(lite_settings, client_for, catalog):
+    """Concurrent writers tore Milvus Lite's WAL on kill -9 and lost acknowledged writes (benchmarks/soak.py);
+    on a Lite file the store lets one write through at a time."""
+    c = client_for(lite_settings())
+    assert c.put("/v1/catalog/images", json=catalog.upsert_body(), headers=ADMIN_H).status_code == 200
+    client = c.app.state.shoplens.store._connect()
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real_upsert, real_delete = client.upsert, client.delete
+
+    def watched(real):
+        def call(*a, **kw):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.05)
+            try:
+                return real(*a, **kw)
+            finally:
+                with guard:
+                    inside[0] -= 1
+        return call
+
+    client.upsert, client.delete = watched(real_upsert), watched(real_delete)
+    try:
+        def write(i: int) -> int:
+            if i % 2:
+                return c.delete(f"/v1/catalog/images/img-{i}-0", headers=ADMIN_H).status_code
+            return c.put("/v1/catalog/images", json={"model_id": MODEL, "images": catalog.images[i * 3:i * 3 + 3]}, headers=ADMIN_H).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(write, range(6))) == [200] * 6
+    finally:
+        client.upsert, client.delete = real_upsert, real_delete
+    assert most[0] == 1

@@ -76,3 +76,12 @@ def test_key_ring_roles():
     assert ring.role_of("dev") is Role.DEVICE
     assert ring.role_of("") is None and ring.role_of("ad") is None
     assert ring.has_admin and not KeyRing(Settings(device_keys=["dev"])).has_admin
+
+
+def test_a_garbled_stored_timestamp_reads_as_empty():
+    """Milvus Lite recovered rows of a write torn by kill -9 with garbage created_at values (seen in the soak)."""
+    from shoplens.cloud.schema import row_to_image_info
+
+    for garbage in (1407400654798860000, -(2**62), "x"):
+        assert row_to_image_info({"image_id": "i", "product_id": "p", "created_at": garbage})["created_at"] == ""
+    assert row_to_image_info({"image_id": "i", "product_id": "p", "created_at": 0})["created_at"].startswith("1970-01-01")
