@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,10 +35,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cloud_search import start_server  # noqa: E402
 from common import write_result  # noqa: E402
 from load import pct  # noqa: E402
-from soak import Service  # noqa: E402
+from soak import Service, service_env  # noqa: E402
 
 from shoplens.contract.codecs import encode_vector  # noqa: E402
 
@@ -149,15 +147,7 @@ async def _rollout(url: str, rows: Path, phase_s: float, vectors: dict[str, np.n
 
 
 def run(backend: str, rows: int, phase_s: float, work: Path) -> dict[str, Any]:
-    server = None
-    env = {**os.environ, "SHOPLENS_ADMIN_KEYS": f'["{ADMIN}"]', "SHOPLENS_DEVICE_KEYS": f'["{DEVICE}"]',
-           "SHOPLENS_COLLECTION": "rollout", "SHOPLENS_RATE_LIMIT_PER_S": "100000", "SHOPLENS_RATE_LIMIT_BURST": "100000",
-           "SHOPLENS_CACHE_DIR": str(work / "cache")}
-    if backend == "lite":
-        env["SHOPLENS_MILVUS_URI"] = str(work / "rollout.db")
-    else:
-        server = start_server(work / "milvus", {})
-        env["SHOPLENS_MILVUS_URI"] = f"http://127.0.0.1:{server.listen_port}"
+    env, server = service_env(backend, work, "rollout", ADMIN, DEVICE, 100_000)
     old, new = _space(0, rows)
     images = lambda x: [{"image_id": f"i{i}", "product_id": f"p{i // 4}", "vector": encode_vector(v, "f32"), "encoding": "f32"}  # noqa: E731
                         for i, v in enumerate(x)]

@@ -263,16 +263,23 @@ def _verify(url: str, ledger: Ledger) -> dict[str, int]:
     return {"lost": lost, "resurrected": resurrected, "duplicates": duplicates}
 
 
-def run_backend(backend: str, clients: int, seconds: float, max_requests: int, kill_at: float, work: Path) -> dict[str, Any]:
+def service_env(backend: str, work: Path, name: str, admin: str, device: str, rate: int) -> tuple[dict[str, str], Any]:
+    """The environment of a ``shoplens serve`` over a Lite file in ``work`` or a started Milvus server
+    (returned too, to stop it), with its own keys, alias ``name`` and a rate limit out of the way."""
     server = None
-    env = {**os.environ, "SHOPLENS_ADMIN_KEYS": f'["{ADMIN}"]', "SHOPLENS_DEVICE_KEYS": f'["{DEVICE}"]',
-           "SHOPLENS_COLLECTION": "soak", "SHOPLENS_RATE_LIMIT_PER_S": "1000", "SHOPLENS_RATE_LIMIT_BURST": "2000",
+    env = {**os.environ, "SHOPLENS_ADMIN_KEYS": f'["{admin}"]', "SHOPLENS_DEVICE_KEYS": f'["{device}"]',
+           "SHOPLENS_COLLECTION": name, "SHOPLENS_RATE_LIMIT_PER_S": str(rate), "SHOPLENS_RATE_LIMIT_BURST": str(2 * rate),
            "SHOPLENS_CACHE_DIR": str(work / "cache")}
     if backend == "lite":
-        env["SHOPLENS_MILVUS_URI"] = str(work / "soak.db")
+        env["SHOPLENS_MILVUS_URI"] = str(work / f"{name}.db")
     else:
         server = start_server(work / "milvus", {})
         env["SHOPLENS_MILVUS_URI"] = f"http://127.0.0.1:{server.listen_port}"
+    return env, server
+
+
+def run_backend(backend: str, clients: int, seconds: float, max_requests: int, kill_at: float, work: Path) -> dict[str, Any]:
+    env, server = service_env(backend, work, "soak", ADMIN, DEVICE, 1000)
     service = Service(env, work / "service.log")
     try:
         service.start()
