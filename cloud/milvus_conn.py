@@ -297,13 +297,32 @@ class MilvusConnection:
         try:
             if name in self._loaded:
                 return
-            c.load_collection(name)
+            self._load(c, name)
             self._sync(c, name)
             with self._lock:
                 self._loaded.add(name)
             log.info("collection %s loaded", name)
         finally:
             lock.release()
+
+    def _load(self, c: MilvusClient, name: str) -> None:
+        """``load_collection`` bounded by ``load_timeout_s``; a load that never finishes is released and
+        issued once more. Why: on a Milvus Lite file reopened in the same process, a load was seen
+        waiting forever for a collection that never reported loaded (pymilvus polls without end)."""
+        try:
+            c.load_collection(name, timeout=self.settings.load_timeout_s)
+            return
+        except Exception as exc:  # noqa: BLE001 - only the "never finished loading" case is retried
+            if _is_unavailable(exc) or "wait for loading collection timeout" not in str(exc):
+                raise
+        log.warning("loading %s did not finish within %g s; releasing it and loading again", name, self.settings.load_timeout_s)
+        c.release_collection(name)
+        try:
+            c.load_collection(name, timeout=self.settings.load_timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            if "wait for loading collection timeout" in str(exc):
+                raise CollectionNotReady(name) from None
+            raise
 
     @property
     def loaded(self) -> frozenset[str]:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="how long a request waits for the collection to finish loading (first requests after a "
         "start) before it is answered 503 + Retry-After",
     )
+    load_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="a collection load that has not finished after this long is released and issued again once "
+        "(then 503 + Retry-After)",
+    )
     flush_interval_s: float = Field(
         default=10.0, gt=0,
         description="seal written rows at most this many seconds after the first unflushed write (searches over "
