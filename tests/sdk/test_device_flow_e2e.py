@@ -102,9 +102,12 @@ def test_only_vectors_leave_the_sdk(grocery_dir: Path, mobilenet_bundle: Path) -
     jpeg = photo.read_bytes()
     reply = {"model_id": "x-1d-000000000000", "results": [{"index": 0, "hits": []}], "grouping": "native", "took_ms": 0}
     rt = DeviceRuntime.from_bundle(embedder=mobilenet_bundle)
-    with ScriptedServer([Scripted(200, reply)]) as srv, ShoplensClient(srv.url) as client:
+    models = {"alias": "catalog", "models": [{"model_id": rt.embedder.model_id, "dim": 1024, "metric": "COSINE",
+                                              "collection": "c", "active": True, "status": "current"}]}
+    with ScriptedServer([Scripted(200, models), Scripted(200, reply)]) as srv, ShoplensClient(srv.url) as client:
         result, _ = rt.search(photo, client)
-    (req,) = srv.requests
+    status_read, req = srv.requests  # the first search reads the service's models (GET, no body)
+    assert status_read["body"] in (None, {}, b"", "")
     body = req["body"]
     assert set(body) == {"model_id", "encoding", "vectors", "top_k"}
     raw = json.dumps(body)

@@ -44,5 +44,8 @@ def test_reindex_from_catalog_swaps_models(tmp_path: Path, grocery_dir: Path, mo
         with ShoplensClient(url, DEVICE_KEY) as c:
             hits = c.search(emb.embed(load_rgb(photo)), model_id=new_id, top_k=3).hits
             assert hits[0].product_id == f"p{lines[0].split(',')[1].strip()}" and hits[0].score > 0.99  # the same image is in the catalog
+            # served beside the old model: apps still on it keep working until it is retired
+            assert result["promoted"] is False and c.search(np.ones(1024), model_id=old_id).hits
+            assert {m.model_id: m.status for m in c.models().models} == {old_id: "current", new_id: "supported"}
             with pytest.raises(ModelMismatchError, match=new_id):
-                c.search(np.ones(1024), model_id=old_id)
+                c.search(np.ones(1024), model_id="other-model-1024d-0123456789ab")
