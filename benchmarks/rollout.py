@@ -35,9 +35,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import Service, write_result  # noqa: E402
 from load import pct  # noqa: E402
-from soak import Service, service_env  # noqa: E402
+from soak import service_env  # noqa: E402
 
 from shoplens.contract.codecs import encode_vector  # noqa: E402
 

@@ -33,7 +33,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_result  # noqa: E402
+from common import Service, print_table, write_result  # noqa: E402
 
 from shoplens.contract.manifest import load_manifest  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
@@ -104,31 +103,14 @@ def _body_bytes(model_id: str, encoded: list[str]) -> int:
 
 @contextmanager
 def _service(db: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "SHOPLENS_MILVUS_URI": str(db), "SHOPLENS_ADMIN_KEYS": json.dumps([ADMIN]),
            "SHOPLENS_DEVICE_KEYS": json.dumps([DEVICE]), "SHOPLENS_APP_BUNDLES": str(ASSETS)}
-    proc = subprocess.Popen([sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
+    service = Service(env, db.parent / "service.log")
+    service.start()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.25)
-        yield url
+        yield service.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        service.stop()
 
 
 def browser_rows(photos: list[Path], root: Path, catalog_vecs: np.ndarray, catalog_ids: list[str], sdk: dict[Path, Any], chromium: str) -> list[dict[str, Any]]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cloud_search import start_server  # noqa: E402
-from common import write_result  # noqa: E402
+from common import Service, write_result  # noqa: E402
 from load import pct, tree_rss_mb  # noqa: E402
 
 from shoplens.contract.codecs import encode_vector  # noqa: E402
@@ -53,60 +51,6 @@ IMAGES_PER_WRITE = 5
 #: transport errors and 503s are retried this often, 0.5 s apart, with the same Idempotency-Key:
 #: long enough to outlast the restart, as an app's retry policy does
 WRITE_RETRIES = 180
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """``shoplens serve`` in its own process group, so a kill takes Milvus Lite's child process too."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 90.0) -> float:
-        """Start and wait until /v1/ready answers 200; returns the seconds it took."""
-        t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "shoplens", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.log.parent, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        while time.monotonic() - t0 < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited during start-up; see {self.log}")
-            try:
-                if httpx.get(self.url + "/v1/ready", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"service not ready within {timeout_s:g} s; see {self.log}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
 
 def _unit(rng: np.random.Generator, centre: np.ndarray) -> np.ndarray:
