@@ -26,7 +26,7 @@ from shoplens.cloud.idempotency import IdempotencyMiddleware
 from shoplens.cloud.limits import BodyLimitMiddleware
 from shoplens.cloud.metrics_middleware import MetricsMiddleware
 from shoplens.cloud.query_keys import QueryKeyGuard
-from shoplens.cloud.routes import admin, catalog, device_page, ops, search
+from shoplens.cloud.routes import admin, catalog, device_page, feedback, ops, search
 from shoplens.cloud.state import ServiceState
 from shoplens.cloud.store_errors import StoreError
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.shoplens = state
     install_error_handlers(app)
-    for module in (ops, search, catalog, admin):
+    for module in (ops, search, catalog, admin, feedback):
         app.include_router(module.router)
     device_page.install(app)  # /app: the browser device page, and /docs from local assets (no CDN)
     # The last added is outermost: metrics see every answer, including the 413s of the body cap;

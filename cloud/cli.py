@@ -10,7 +10,7 @@ never imports the sdk.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,11 @@ def reindex(
 
 
 @contextmanager
-def _catalog_admin(ctx: typer.Context, url: str | None, admin_key: str | None) -> Iterator[Any]:
+def _catalog_admin(ctx: typer.Context, url: str | None, admin_key: str | None,
+                   direct: Callable[[Any], Any] | None = None) -> Iterator[Any]:
     """The catalog's admin operations: through a running service's API with ``url`` (the sdk's client,
-    handed over by the root CLI), else straight on the Milvus in SHOPLENS_MILVUS_URI."""
+    handed over by the root CLI), else straight on the Milvus in SHOPLENS_MILVUS_URI (``direct`` makes
+    the operations from the store; default: the re-index and model operations, ``StoreAdmin``)."""
     from shoplens.cloud.reindex import StoreAdmin
     from shoplens.settings import get_settings
 
@@ -128,7 +130,7 @@ def _catalog_admin(ctx: typer.Context, url: str | None, admin_key: str | None) -
 
     store = CatalogStore(settings)
     try:
-        yield StoreAdmin(store)
+        yield (direct or StoreAdmin)(store)
     finally:
         store.close()
 
@@ -189,3 +191,72 @@ def models_deprecate(ctx: typer.Context, model_id: str = typer.Argument(...),
 def models_retire(ctx: typer.Context, model_id: str = typer.Argument(...), url: str | None = _URL, admin_key: str | None = _KEY) -> None:
     """Stop serving MODEL_ID: its searches get 410 naming the current model (its collection is kept until dropped)."""
     _change(ctx, model_id, "retire", url, admin_key)
+
+
+sightings_app = typer.Typer(no_args_is_help=True, help="Confirmed sightings (POST /v1/feedback): list the confirmations "
+                            "and promoted sightings, approve or reject held ones, remove promoted ones (docs/cloud.md).")
+app.add_typer(sightings_app, name="sightings")
+_MODEL_ID = typer.Option(None, "--model-id", help="The model id whose sightings (default: the current model).")
+_ID = typer.Argument(..., help="The sighting id (from `shoplens sightings list`).")
+
+
+@contextmanager
+def _sighting_admin(ctx: typer.Context, url: str | None, admin_key: str | None) -> Iterator[Any]:
+    """The review operations, through ``url``'s API or straight on Milvus; errors end the command with exit 1."""
+    from shoplens.cloud.sighting_rule import Rule
+    from shoplens.cloud.sightings import SightingAdmin
+    from shoplens.contract.errors import ShoplensError
+    from shoplens.settings import get_settings
+
+    rule = Rule.from_settings(get_settings())
+    with _catalog_admin(ctx, url, admin_key, direct=lambda store: SightingAdmin(store, rule)) as admin:
+        try:
+            yield admin
+        except ShoplensError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+
+
+def _print(items: list[Any]) -> None:
+    typer.echo(json.dumps([i.model_dump(mode="json") for i in items], indent=2))
+
+
+@sightings_app.command("list")
+def sightings_list(ctx: typer.Context, model_id: str | None = _MODEL_ID,
+                   product: str | None = typer.Option(None, "--product", help="One product's sightings only."),
+                   status: str | None = typer.Option(None, "--status", help="pending, held or promoted only."),
+                   url: str | None = _URL, admin_key: str | None = _KEY) -> None:
+    """Confirmations (pending, held) and promoted sightings, oldest first, with key hashes and how close each
+    is to its product's own images (JSON; never a vector)."""
+    from shoplens.contract.feedback import SightingStatus
+
+    try:
+        wanted = SightingStatus(status) if status else None
+    except ValueError:
+        raise typer.BadParameter("one of pending, held, promoted", param_hint="--status") from None
+    with _sighting_admin(ctx, url, admin_key) as admin:
+        _print(admin.sightings(model_id=model_id, product_id=product, status=wanted))
+
+
+@sightings_app.command("approve")
+def sightings_approve(ctx: typer.Context, sighting_id: str = _ID, model_id: str | None = _MODEL_ID,
+                      url: str | None = _URL, admin_key: str | None = _KEY) -> None:
+    """Promote a pending or held confirmation into the catalog as it is (refused at the product's cap)."""
+    with _sighting_admin(ctx, url, admin_key) as admin:
+        _print([admin.approve_sighting(sighting_id, model_id=model_id)])
+
+
+@sightings_app.command("reject")
+def sightings_reject(ctx: typer.Context, sighting_id: str = _ID, model_id: str | None = _MODEL_ID,
+                     url: str | None = _URL, admin_key: str | None = _KEY) -> None:
+    """Delete a pending or held confirmation."""
+    with _sighting_admin(ctx, url, admin_key) as admin:
+        _print([admin.reject_sighting(sighting_id, model_id=model_id)])
+
+
+@sightings_app.command("remove")
+def sightings_remove(ctx: typer.Context, sighting_id: str = _ID, model_id: str | None = _MODEL_ID,
+                     url: str | None = _URL, admin_key: str | None = _KEY) -> None:
+    """Delete a sighting; a promoted one is deleted from the catalog (and search) too."""
+    with _sighting_admin(ctx, url, admin_key) as admin:
+        _print([admin.remove_sighting(sighting_id, model_id=model_id)])

@@ -3,7 +3,8 @@
 A client retries a write when it did not see the answer (a timeout, a dropped
 connection, a 503 from a proxy); the first attempt may well have succeeded.
 Without this, a retried ``DELETE`` then answers 404 and a retried upsert runs
-twice. With it, a write (PUT/POST/DELETE under ``/v1/catalog/``) carrying
+twice. With it, a write (PUT/POST/DELETE under ``/v1/catalog/``, and a device's
+``POST /v1/feedback``, which an offline queue replays) carrying
 ``Idempotency-Key`` runs once per key; a retry with the same key, the same
 caller and the same request within ``IDEMPOTENCY_TTL_S`` gets the stored
 status and body, marked ``Idempotent-Replayed: true``, without running again.
@@ -43,7 +44,9 @@ log = logging.getLogger("shoplens.cloud")
 HEADER = b"idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
-PATH_PREFIX = "/v1/catalog/"
+#: the writes that honour the header: catalog administration, and confirmations (devices retry them
+#: from the offline queue after a lost answer)
+PATH_PREFIXES = ("/v1/catalog/", "/v1/feedback")
 MAX_KEY_CHARS = 255
 #: answers larger than this are sent but not kept (catalog answers are a few hundred bytes)
 MAX_STORED_BODY = 1024 * 1024
@@ -116,7 +119,7 @@ class IdempotencyMiddleware:
         self.store = store or IdempotencyStore(idempotency_path(settings), settings.idempotency_ttl_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or not scope["path"].startswith(PATH_PREFIX):
+        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or not scope["path"].startswith(PATH_PREFIXES):
             await self.app(scope, receive, send)
             return
         raw = _header(scope, HEADER)

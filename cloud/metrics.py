@@ -43,6 +43,24 @@ class Metrics:
             "shoplens_catalog_rows", "rows in the served collection (updated by /v1/stats)", registry=self.registry
         )
 
+        # confirmed sightings (cloud/sightings.py): model_id labels are registered model ids only
+        self.feedback = Counter(
+            "shoplens_feedback_total", "confirmations received, by what became of them at once (pending, held, promoted)",
+            ["model_id", "outcome"], registry=self.registry,
+        )
+        self.sightings_promoted = Counter(
+            "shoplens_sightings_promoted_total", "sightings promoted into the catalog, by how (agreement of device keys, "
+            "admin approval)", ["model_id", "via"], registry=self.registry,
+        )
+        self.sightings_capped = Counter(
+            "shoplens_sightings_capped_total", "agreeing confirmations left pending because their product holds its cap "
+            "of promoted sightings", ["model_id"], registry=self.registry,
+        )
+        self.sightings_reviewed = Counter(
+            "shoplens_sightings_reviewed_total", "admin decisions on sightings (approve, reject, remove)", ["action"],
+            registry=self.registry,
+        )
+
     def observe_milvus(self, op: str, seconds: float) -> None:
         self.milvus_seconds.labels(op=op).observe(seconds)
 

@@ -22,6 +22,8 @@ from shoplens.cloud.flusher import AutoFlusher
 from shoplens.cloud.metrics import Metrics
 from shoplens.cloud.query_log import QueryLog
 from shoplens.cloud.shared_limits import limiter_for
+from shoplens.cloud.sighting_rule import Rule
+from shoplens.cloud.sightings import Sightings
 from shoplens.cloud.store import Binding, CatalogStore
 from shoplens.cloud.store_errors import StoreError
 
@@ -42,6 +44,8 @@ class ServiceState:
         self.query_log = QueryLog(settings.query_log, settings.query_log_max_bytes) if settings.query_log else None
         self.flusher = AutoFlusher(self.store.flush_collection, settings.flush_interval_s, settings.flush_rows,
                                    on_change=self.metrics.unflushed_rows.set)
+        self.feedback_limiter = limiter_for(settings, "feedback", settings.feedback_rate_per_s, settings.feedback_burst)
+        self.sightings = Sightings(self.store, Rule.from_settings(settings), self.metrics, on_write=self.flusher.note_write)
 
     def warm_up(self) -> None:
         """Load the served collection, then seal what a previous run left unflushed (a crash skips the
@@ -107,6 +111,20 @@ def _guard(need: Role) -> Callable[[Request], Awaitable[Principal]]:
 
 require_search = _guard(Role.DEVICE)
 require_admin = _guard(Role.ADMIN)
+
+
+async def require_feedback(request: Request) -> Principal:
+    """A device key (never anonymous: every confirmation must count for a key, and public search would
+    let any address be a new 'key'), charged one request token and one confirmation token."""
+    st = service_state(request)
+    principal = st.keys.authenticate(request, need=Role.DEVICE)
+    if principal.role is None:
+        raise ApiError(ErrorCode.UNAUTHENTICATED, "confirmations need a device key: 'Authorization: Bearer <key>' "
+                       "or 'X-API-Key: <key>' (public search does not extend to feedback)",
+                       headers={"WWW-Authenticate": "Bearer"})
+    st.limiter.take(principal.key_id)
+    st.feedback_limiter.take(principal.key_id)
+    return principal
 
 
 def check_model(binding: Binding, model_id: str, what: str = "the catalog") -> None:

@@ -1,4 +1,5 @@
-"""Catalog administration through a running service's admin API, for ``shoplens reindex --url``.
+"""Catalog administration through a running service's admin API, for ``shoplens reindex --url``,
+``shoplens models --url`` and ``shoplens sightings --url``.
 
 ``ServiceAdmin`` has the methods of the cloud's ``CatalogAdmin`` protocol
 (``shoplens.cloud.reindex``), so the one re-index algorithm runs over HTTP as
@@ -8,6 +9,7 @@ idempotency keys) as the only HTTP client.
 
 from __future__ import annotations
 
+from shoplens.contract.feedback import SightingInfo, SightingStatus
 from shoplens.contract.schemas import CatalogImage
 from shoplens.contract.service import ModelInfo
 
@@ -47,3 +49,18 @@ class ServiceAdmin:
 
     def change(self, model_id: str, action: str, *, sunset: str | None = None, bundle_url: str | None = None) -> ModelInfo:
         return self.client.change_model(model_id, action, sunset=sunset, bundle_url=bundle_url)
+
+    # ---- confirmed sightings: the same methods as the cloud's ``SightingAdmin`` (straight on Milvus) ----
+
+    def sightings(self, model_id: str | None = None, product_id: str | None = None,
+                  status: SightingStatus | None = None) -> list[SightingInfo]:
+        return self.client.sightings(model_id=model_id, product_id=product_id, status=status).sightings
+
+    def approve_sighting(self, sighting_id: str, model_id: str | None = None) -> SightingInfo:
+        return self.client.approve_sighting(sighting_id, model_id=model_id)
+
+    def reject_sighting(self, sighting_id: str, model_id: str | None = None) -> SightingInfo:
+        return self.client.reject_sighting(sighting_id, model_id=model_id)
+
+    def remove_sighting(self, sighting_id: str, model_id: str | None = None) -> SightingInfo:
+        return self.client.remove_sighting(sighting_id, model_id=model_id)

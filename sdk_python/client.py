@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import httpx
 import numpy as np
@@ -39,17 +39,22 @@ from shoplens.contract.service import (
     Ready,
     Stats,
 )
+from shoplens.contract.feedback import FeedbackResult, SightingInfo, SightingList, SightingStatus
 from shoplens.contract.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     CatalogImage,
+    FeedbackRequest,
     SearchFilters,
     SearchRequest,
     SearchResponse,
     UpsertRequest,
     UpsertResponse,
 )
-from shoplens.sdk.errors import NetworkError, ShoplensAPIError, error_for_status, warn_deprecated
+from shoplens.sdk.errors import NetworkError, ServiceUnavailableError, ShoplensAPIError, error_for_status, warn_deprecated
+
+if TYPE_CHECKING:
+    from shoplens.sdk.offline_queue import OfflineQueue, QueuedConfirmation
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -190,6 +195,30 @@ class _ClientBase:
         return _Request("PUT", path, body.model_dump(mode="json", exclude_none=True), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
 
     @staticmethod
+    def _confirm(vector: np.ndarray | str, product_id: str, model_id: str, encoding: str | Encoding, dim: int | None,
+                 idempotency_key: str | None) -> _Request:
+        enc = Encoding(encoding)
+        body = FeedbackRequest(model_id=model_id, encoding=enc, vector=_vectors_payload([vector], enc, dim)[0], product_id=product_id)
+        return _Request("POST", "/v1/feedback", body.model_dump(mode="json"), {"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
+
+    @staticmethod
+    def _queue_confirmation(req: _Request, offline_queue: OfflineQueue | None, exc: Exception) -> QueuedConfirmation:
+        """A confirmation the service could not be reached for: queued with its Idempotency-Key (so a
+        first attempt that did arrive is replayed, not counted again), or ``exc`` again without a queue."""
+        if offline_queue is None:
+            raise exc
+        assert req.body is not None
+        return offline_queue.enqueue_confirmation(req.body["vector"], product_id=req.body["product_id"], model_id=req.body["model_id"],
+                                                  encoding=req.body["encoding"], idempotency_key=req.headers["Idempotency-Key"])
+
+    @staticmethod
+    def _sightings_path(path: str, model_id: str | None, **query: str | None) -> str:
+        from urllib.parse import urlencode
+
+        params = {k: v for k, v in {"model_id": model_id, **query}.items() if v is not None}
+        return path + (f"?{urlencode(params)}" if params else "")
+
+    @staticmethod
     def _flush(collection: str | None) -> _Request:
         return _Request("POST", "/v1/catalog/flush" + (f"?collection={_quote(collection)}" if collection else ""))
 
@@ -240,6 +269,39 @@ class ShoplensClient(_ClientBase):
     def search_batch(self, vectors: Iterable[np.ndarray | str], *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> BatchSearchResponse:
         """Search every object of one photo in one round trip (<= 16 vectors)."""
         return BatchSearchResponse.model_validate(self._send(self._search_batch(vectors, model_id, encoding, top_k, filters, min_score, dim)))
+
+    # ---- confirmed sightings ----------------------------------------------
+    def confirm(self, vector: np.ndarray | str, *, product_id: str, model_id: str, encoding: str | Encoding = Encoding.I8,
+                dim: int | None = None, idempotency_key: str | None = None,
+                offline_queue: OfflineQueue | None = None) -> FeedbackResult | QueuedConfirmation:
+        """The shopper confirmed ``product_id`` for ``vector`` (the vector this device searched with; never
+        a photo). With ``offline_queue``, a confirmation the service cannot be reached for is queued and
+        returned as a ``QueuedConfirmation``; ``OfflineQueue.replay`` sends it later."""
+        req = self._confirm(vector, product_id, model_id, encoding, dim, idempotency_key)
+        try:
+            return FeedbackResult.model_validate(self._send(req))
+        except (NetworkError, ServiceUnavailableError) as exc:
+            return self._queue_confirmation(req, offline_queue, exc)
+
+    def sightings(self, *, model_id: str | None = None, product_id: str | None = None,
+                  status: SightingStatus | str | None = None) -> SightingList:
+        """Confirmations and promoted sightings (admin); ``model_id`` default: the current model."""
+        path = self._sightings_path("/v1/catalog/sightings", model_id, product_id=product_id,
+                                    status=SightingStatus(status).value if status else None)
+        return SightingList.model_validate(self._send(_Request("GET", path)))
+
+    def approve_sighting(self, sighting_id: str, *, model_id: str | None = None) -> SightingInfo:
+        path = self._sightings_path(f"/v1/catalog/sightings/{_quote(sighting_id)}/approve", model_id)
+        return SightingInfo.model_validate(self._send(_Request("POST", path, None, {"Idempotency-Key": str(uuid.uuid4())})))
+
+    def reject_sighting(self, sighting_id: str, *, model_id: str | None = None) -> SightingInfo:
+        path = self._sightings_path(f"/v1/catalog/sightings/{_quote(sighting_id)}/reject", model_id)
+        return SightingInfo.model_validate(self._send(_Request("POST", path, None, {"Idempotency-Key": str(uuid.uuid4())})))
+
+    def remove_sighting(self, sighting_id: str, *, model_id: str | None = None) -> SightingInfo:
+        """Delete a sighting; a promoted one leaves the catalog (and search) too."""
+        path = self._sightings_path(f"/v1/catalog/sightings/{_quote(sighting_id)}", model_id)
+        return SightingInfo.model_validate(self._send(self._delete(path, None)))
 
     # ---- catalog admin -----------------------------------------------------
     def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None,
@@ -341,6 +403,16 @@ class AsyncShoplensClient(_ClientBase):
 
     async def search_batch(self, vectors: Iterable[np.ndarray | str], *, model_id: str, encoding: str | Encoding = Encoding.I8, top_k: int = 10, filters: SearchFilters | dict | None = None, min_score: float | None = None, dim: int | None = None) -> BatchSearchResponse:
         return BatchSearchResponse.model_validate(await self._send(self._search_batch(vectors, model_id, encoding, top_k, filters, min_score, dim)))
+
+    async def confirm(self, vector: np.ndarray | str, *, product_id: str, model_id: str, encoding: str | Encoding = Encoding.I8,
+                      dim: int | None = None, idempotency_key: str | None = None,
+                      offline_queue: OfflineQueue | None = None) -> FeedbackResult | QueuedConfirmation:
+        """``ShoplensClient.confirm``, awaitable."""
+        req = self._confirm(vector, product_id, model_id, encoding, dim, idempotency_key)
+        try:
+            return FeedbackResult.model_validate(await self._send(req))
+        except (NetworkError, ServiceUnavailableError) as exc:
+            return self._queue_confirmation(req, offline_queue, exc)
 
     async def upsert_images(self, model_id: str, images: list[CatalogImage | dict], *, idempotency_key: str | None = None) -> UpsertResponse:
         return UpsertResponse.model_validate(await self._send(self._upsert(model_id, images, idempotency_key)))

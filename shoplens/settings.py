@@ -118,6 +118,29 @@ class Settings(BaseSettings):
         description="SQLite file of idempotency keys and stored answers "
         "(default: <cache_dir>/service/idempotency-<alias>-<hash of uri+alias>.db)",
     )
+    # --- confirmed sightings (POST /v1/feedback); docs/cloud.md, "Confirmed sightings" ---
+    feedback_confirmations: int = Field(
+        default=3, ge=2,
+        description="distinct device keys whose agreeing confirmations of a product promote their centroid into the "
+        "catalog (at least 2: one key never promotes alone; a key's repeated confirmations count once)",
+    )
+    feedback_agree_cos: float = Field(
+        default=0.8, gt=0, le=1,
+        description="confirmations agree when each is at least this cosine from their centroid",
+    )
+    feedback_reference_cos: float = Field(
+        default=0.7, ge=-1, le=1,
+        description="a confirmation (and a centroid) must be at least this cosine from one of the product's own "
+        "catalog images; farther ones are held for an admin's review (shipped embedder: a shelf photo sits at "
+        "median 0.82 from its product's image, 0.55 from another category's; docs/cloud.md)",
+    )
+    feedback_max_sightings: int = Field(
+        default=20, ge=1, description="promoted sightings a product may hold per model id (then confirmations wait)"
+    )
+    feedback_rate_per_s: float = Field(
+        default=0.05, gt=0, description="confirmations refilled per device key per second (its own bucket, besides the request bucket)"
+    )
+    feedback_burst: int = Field(default=20, ge=1, description="confirmations a device key may send at once")
     weights_dir: Path | None = Field(default=None, description="where model weights are looked for first")
     data_dir: Path | None = Field(default=None, description="where datasets are looked for first")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="caches, converted models, Lite DB")

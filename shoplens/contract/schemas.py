@@ -55,9 +55,14 @@ class SearchFilters(_Body):
     )
 
 
-class _SearchOptions(_Body):
+class _DeviceVectors(_Body):
+    """What every body carrying a phone's vector(s) starts with: which embedder made them, and how they travel."""
+
     model_id: str = Field(pattern=MODEL_ID_PATTERN, description="the embedder that produced the vector(s)")
     encoding: Encoding = Field(default=Encoding.I8, description="wire encoding of the vector(s)")
+
+
+class _SearchOptions(_DeviceVectors):
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, description="distinct products to return")
     filters: SearchFilters | None = None
     min_score: float | None = Field(default=None, ge=-1, le=1, description="drop hits with a lower cosine")
@@ -69,6 +74,16 @@ class SearchRequest(_SearchOptions):
 
 class BatchSearchRequest(_SearchOptions):
     vectors: list[str] = Field(min_length=1, max_length=MAX_BATCH_VECTORS, description="one per detected object")
+
+
+class FeedbackRequest(_DeviceVectors):
+    """A confirmed sighting: the vector the phone already searched with, and the product the shopper tapped.
+
+    Only the vector travels (never the photo); the service keeps it as a candidate reference
+    of ``product_id`` (docs/cloud.md, "Confirmed sightings")."""
+
+    vector: str = Field(description="base64 of the encoded, L2-normalised vector that was searched")
+    product_id: str = Field(pattern=ID_PATTERN, description="the product the shopper confirmed")
 
 
 class StoredImage(BaseModel):
