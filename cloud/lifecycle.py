@@ -78,7 +78,8 @@ class ModelLifecycle:
         binding = self._binding_of(c, target, self.alias)
         self._point_alias(c, model_alias(self.alias, binding.model_id), target)
         entry = ModelEntry(binding.model_id, ModelStatus.CURRENT, updated_at=_now_ms())
-        self._registry.put(c, entry)
+        with self._write_slot():
+            self._registry.put(c, entry)
         log.info("registered model %s (served by %s) as current", binding.model_id, target)
         return {binding.model_id: entry}
 
@@ -179,7 +180,8 @@ class ModelLifecycle:
                 updates = [old.with_status(old.status)]
             else:
                 updates = [(old or ModelEntry(target.model_id, ModelStatus.SUPPORTED)).with_status(ModelStatus.SUPPORTED)]
-            self._registry.put(c, *updates)
+            with self._write_slot():
+                self._registry.put(c, *updates)
         self._forget_routes()
         log.info("model %s served by %s (%s)", target.model_id, target.collection, updates[0].status.value)
         return target
@@ -227,7 +229,7 @@ class ModelLifecycle:
     def _update(self: CatalogStore, model_id: str, *, status: ModelStatus | None = None, **changes: Any) -> ModelEntry:
         entry = self._registered(model_id)
         updated = entry.with_status(status or entry.status, **changes)
-        with self._call("registry") as c:
+        with self._call("registry") as c, self._write_slot():
             self._registry.put(c, updated)
         self._forget_routes()
         log.info("model %s is %s", model_id, updated.status.value)

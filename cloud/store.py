@@ -213,12 +213,16 @@ class CatalogStore(ModelLifecycle, MilvusConnection):
     # ---- writes ----------------------------------------------------------------------
 
     def _write_slot(self) -> Any:
-        """On a Milvus Lite file, one write at a time (a server takes them concurrently).
+        """On a Milvus Lite file, one write or flush at a time (a server takes them concurrently).
 
-        Why: with concurrent writers, a ``kill -9`` of Milvus Lite tore one WAL record and its
-        recovery stopped there, so writes acknowledged after the torn one's start were lost
-        and acknowledged deletes undone (benchmarks/soak.py: 40 images lost, 20 deletes undone).
-        One write at a time means the only record a kill can tear is the unacknowledged one.
+        Why: Milvus Lite's engine serves each gRPC call on its own thread and takes no lock
+        between a write and a flush. A write appends its WAL record, then applies it to the
+        memtable; a flush in between swaps in a fresh memtable and WAL and deletes the old WAL
+        once the old memtable is on disk. The write then lands in the new memtable with its
+        record in the deleted WAL: acknowledged and readable, yet a ``kill -9`` loses it. Two
+        writes at once likewise interleave records in one WAL, and recovery stops at the torn
+        one. Writes and flushes (ours, and the ones a write triggers inside Lite) therefore take
+        this slot in turn; docs/reliability.md has what the soak lost before and after.
         """
         return self._lite_writes if self.lite else contextlib.nullcontext()
 
@@ -251,9 +255,10 @@ class CatalogStore(ModelLifecycle, MilvusConnection):
     def flush_collection(self, name: str) -> None:
         """``flush`` by collection name (the automatic flusher keeps names, not bindings).
 
-        Under the load lock: a load concurrent with a flush hung a Milvus Lite file (the first
-        requests after a restart loading the model registry while the start-up flush ran)."""
-        with self._loading, self._call("flush") as c:
+        Under the write slot (see ``_write_slot``) and the load lock: a load concurrent with a
+        flush hung a Milvus Lite file (the first requests after a restart loading the model
+        registry while the start-up flush ran)."""
+        with self._write_slot(), self._loading, self._call("flush") as c:
             c.flush(name)
 
     def _ids_where(self, c: MilvusClient, collection: str, expr: str) -> list[str]:
