@@ -5,6 +5,12 @@ relative to the catalog file, or an http(s) URL) are required; ``title``,
 ``category``, ``price``, ``currency``, ``image_url`` are optional; any other
 column becomes a free attribute. A folder catalog is ``DIR/<product_id>/*.jpg``.
 
+``role`` (optional) says what a row's image is for: ``catalog`` (the default) is
+a product image, indexed by ``shoplens index`` and a training sample of its
+product; ``photo`` is a labelled shopper photo and ``val`` one kept for
+evaluation, both read only by ``shoplens embedder train`` and never indexed
+(``importer`` skips them). One file then serves the index and the trainer.
+
 ``image_url`` is what phones are sent to show the product, so it must pass the
 contract's rule (``shoplens.contract.urls``: empty or an https:// URL); a row
 that breaks it is refused here, before any image is embedded, rather than
@@ -24,7 +30,11 @@ from shoplens.contract.errors import ErrorCode, ShoplensError
 from shoplens.contract.urls import ImageUrlError, check_image_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-_KNOWN = {"product_id", "image", "image_path", "title", "category", "price", "currency", "image_url", "attributes"}
+_KNOWN = {"product_id", "image", "image_path", "title", "category", "price", "currency", "image_url", "attributes", "role"}
+
+#: what a row's image is for (the ``role`` column); only ``catalog`` rows are indexed
+CATALOG_ROLE = "catalog"
+ROLES = (CATALOG_ROLE, "photo", "val")
 
 
 class CatalogError(ShoplensError, ValueError):
@@ -42,10 +52,24 @@ class CatalogEntry:
     image_url: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where it came from, for error reports
+    role: str = CATALOG_ROLE  # one of ROLES: a product image, or a labelled shopper photo (training only)
 
     @property
     def is_remote(self) -> bool:
         return self.image.startswith(("http://", "https://"))
+
+    @property
+    def indexed(self) -> bool:
+        """Whether ``shoplens index`` writes this row (labelled photos are for training only)."""
+        return self.role == CATALOG_ROLE
+
+
+def _role(row: dict[str, Any], line: int) -> str:
+    """The row's role (default ``catalog``); an unknown one is a CatalogError naming the line."""
+    role = str(row.get("role") or CATALOG_ROLE).strip().lower()
+    if role not in ROLES:
+        raise CatalogError(f"line {line}: role {role!r} is not one of {', '.join(ROLES)}")
+    return role
 
 
 def _image_url(row: dict[str, Any], line: int, allow_http: bool) -> str:
@@ -82,6 +106,7 @@ def _entry(row: dict[str, Any], base: Path, line: int, allow_http: bool = False)
         image_url=image_url,
         attributes=attrs,
         line=line,
+        role=_role(row, line),
     )
 
 

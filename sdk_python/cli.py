@@ -109,7 +109,7 @@ def search(
 @app.command()
 def index(
     ctx: typer.Context,
-    catalog: Path = typer.Option(..., "--catalog", help="catalog.csv, catalog.jsonl or a folder of <product_id>/ image folders."),
+    catalog: Path = typer.Option(..., "--catalog", help="catalog.csv, catalog.jsonl or a folder of <product_id>/ image folders (rows with role photo/val are labelled training photos: skipped)."),
     bundle: Optional[list[Path]] = typer.Option(None, "--bundle", help="Folder with the embedder and detector bundles (default: mobile_assets/). "
                                                 "Repeat it to index for several models in one pass (e.g. during a rollout); the detector is the first one's."),
     embedder: Optional[list[Path]] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's); repeat it for several models."),
@@ -171,6 +171,8 @@ def index(
         f"[bold]{summary.imported}[/] imported, {summary.already_done} already indexed (resumed), {summary.duplicates} exact duplicates, "
         f"{len(summary.failed)} failed, of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.1f} img/s); model {model_id}"
     )
+    if summary.not_indexed:
+        console.print(f"{summary.not_indexed} labelled shopper photos (role photo/val) not indexed: they are training data for `shoplens embedder train`")
     if summary.failed:
         t = Table(title="skipped images")
         t.add_column("image")
@@ -209,7 +211,8 @@ def embed_catalog_rows(catalog: Path, bundle: Path, detector: Path | None, model
     rows = work / "rows.jsonl"
     entries = list(read_catalog(catalog))
     summary = import_catalog(entries, embedder=bundle, detector=detector, sink=JsonlSink(rows, model_id), state_path=work / "state.db", workers=workers, total=len(entries))
-    typer.echo(f"embedded {summary.imported} images ({summary.already_done} from an earlier run, {len(summary.failed)} failed) into {rows}", err=True)
+    typer.echo(f"embedded {summary.imported} images ({summary.already_done} from an earlier run, {len(summary.failed)} failed, "
+               f"{summary.not_indexed} labelled photos not indexed) into {rows}", err=True)
     if not rows.is_file():
         raise typer.BadParameter(f"no image of {catalog} could be embedded", param_hint="--catalog")
     return rows

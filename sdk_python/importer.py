@@ -10,6 +10,10 @@ Why it is built this way:
 - **Never aborts for one file**: unreadable, corrupt or missing images are
   recorded with a reason and summarised at the end; exact duplicates (same
   bytes) are indexed once.
+- **Catalog images only**: rows whose ``role`` is a labelled shopper photo
+  (``photo``/``val``, read by the embedder trainer) are counted in
+  ``ImportSummary.not_indexed`` and never embedded, in both engines (they
+  share ``_pending``), so one catalog file serves the index and the trainer.
 - **Parallel**: ``workers`` processes each hold their own LiteRT interpreters.
 """
 
@@ -82,6 +86,7 @@ class ImportSummary:
     imported: int = 0
     already_done: int = 0
     duplicates: int = 0
+    not_indexed: int = 0  # labelled shopper photos (role photo/val): training data, never indexed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     seconds: float = 0.0
     per_model: dict[str, int] = field(default_factory=dict)  # model id -> images written to it
@@ -167,6 +172,10 @@ def _pending(entries: Iterable[CatalogEntry], state: ImportState | ImportStates,
     with httpx.Client() as http:
         for e in entries:
             summary.total += 1
+            if not e.indexed:
+                summary.not_indexed += 1
+                on_skip()
+                continue
             try:
                 _check_entry(e)
                 data = _read(e, http)

@@ -40,6 +40,22 @@ def _catalog_dir(catalog: Optional[Path]) -> Path:
     return grocery_store().require(hint="Pass --catalog DIR (a folder with classes.csv and train.txt/val.txt).") / "dataset"
 
 
+def _catalog_exit(exc: Exception) -> typer.Exit:
+    """A bad catalog (``CatalogDataError``): every bad row printed as is (one per line, not boxed), exit 2."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+def _load_catalog(path: Path) -> Any:
+    """``data.load_catalog`` (a shop catalog or the Grocery layout), exiting 2 with the bad rows of a bad catalog."""
+    from shoplens.converters.embedder.data import CatalogDataError, load_catalog
+
+    try:
+        return load_catalog(path)
+    except CatalogDataError as exc:
+        raise _catalog_exit(exc) from None
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -59,7 +75,7 @@ def trunks() -> None:
 
 @embedder_app.command("fit-head")
 def fit_head_cmd(
-    catalog: Optional[Path] = typer.Option(None, help="Catalog folder: classes.csv + split files (its train split and iconic images are used), or any image folder."),
+    catalog: Optional[Path] = typer.Option(None, help="A catalog (catalog.csv / .jsonl, or a Grocery folder with classes.csv + split files: its catalog images and training photos are used), or any image folder."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint to write (default: <cache>/embedder/<trunk>-pca-<dim>.pt)."),
     trunk: str = typer.Option(_DEFAULTS["trunk"], help="Trunk registry name (shoplens embedder trunks)."),
     weights: Optional[str] = typer.Option(None, help="Trunk weights: file, or torchvision enum name (IMAGENET1K_V2)."),
@@ -74,14 +90,14 @@ def fit_head_cmd(
     """Fit the 256-d head in closed form: PCA of pooled trunk features of the catalog's images."""
     import torch
 
-    from shoplens.converters.embedder.data import list_images, load_catalog
+    from shoplens.converters.embedder.data import is_grocery_layout, list_images
     from shoplens.converters.embedder.head import fit_head
     from shoplens.converters.embedder.model import EmbedderConfig, build_embedder, save_checkpoint
 
     torch.set_num_threads(2)
     root = _catalog_dir(catalog)
-    if (root / "classes.csv").is_file():
-        cat = load_catalog(root)
+    if root.is_file() or is_grocery_layout(root):
+        cat = _load_catalog(root)
         paths = [s.path for s in cat.split("train")] + [s.path for s in cat.iconic_samples()]
     else:
         paths = list_images(root)
@@ -114,8 +130,22 @@ def _train_options() -> list[inspect.Parameter]:
     return params
 
 
+def _default_train_out(catalog: Optional[Path], holdout: int) -> Path:
+    """``<cache>/embedder/resnet50v2-s3-256[-<shop catalog>][-holdout<N>].pt``: a shop's run never overwrites the Grocery one."""
+    from shoplens.converters.embedder.data import is_grocery_layout
+
+    shop = f"-{catalog.stem}" if catalog is not None and not is_grocery_layout(catalog) else ""
+    return _default_checkpoint("resnet50v2-s3-256" + shop + (f"-holdout{holdout}" if holdout else ""))
+
+
 def train_cmd(**options: Any) -> None:
-    """Fine-tune on product ids (CosFace + a photo-photo contrastive term), iconic images as samples, consumer augmentation; seeded, resumable."""
+    """Fine-tune on product ids (CosFace + a photo-photo contrastive term), catalog images as samples, consumer augmentation; seeded, resumable.
+
+    Train on a shop's own catalog (the file `shoplens index` reads, with labelled shopper photos as
+    role=photo rows and a few role=val rows) with `shoplens embedder train --catalog catalog.csv`;
+    without role=val rows add `--no-eval`. Every image is checked before any work: a bad row exits 2, naming it.
+    """
+    from shoplens.converters.embedder.data import CatalogDataError
     from shoplens.converters.embedder.model import POOLS
     from shoplens.converters.embedder.train import SELECTIONS, TrainConfigError, train
 
@@ -127,13 +157,14 @@ def train_cmd(**options: Any) -> None:
     if not options["evaluate"]:
         options["select"] = "last"  # without per-epoch figures there is no best epoch to pick
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    holdout = options["holdout"]
-    options["out"] = options["out"] or _default_checkpoint("resnet50v2-s3-256" if holdout == 0 else f"resnet50v2-s3-256-holdout{holdout}")
+    options["out"] = options["out"] or _default_train_out(options["catalog"], options["holdout"])
     options["catalog"] = _catalog_dir(options["catalog"])
     try:
         result = train(TrainConfig(**options))
     except TrainConfigError as e:
         raise typer.BadParameter(str(e)) from None
+    except CatalogDataError as e:
+        raise _catalog_exit(e) from None
     console.print(json.dumps({"checkpoint": str(result.checkpoint), "losses": result.losses, "metrics": result.metrics, "selected_epoch": result.selected_epoch, "seconds": round(result.seconds, 1)}, indent=2))
 
 
@@ -145,7 +176,7 @@ embedder_app.command("train")(train_cmd)
 @embedder_app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., help="Embedder checkpoint (.pt)."),
-    catalog: Optional[Path] = typer.Option(None),
+    catalog: Optional[Path] = typer.Option(None, help="Labelled catalog: catalog.csv / .jsonl with role=val photos, or a Grocery folder (default: Grocery Store)."),
     tflite: Optional[Path] = typer.Option(None, help="Evaluate this converted .tflite of a bundle (run by the SDK from the bundle's manifest) instead of the PyTorch model."),
     unseen: bool = typer.Option(True, help="Report unseen-product rows for products the checkpoint held out."),
 ) -> None:
@@ -154,14 +185,13 @@ def eval_cmd(
 
     from shoplens.contract.manifest import load_manifest
     from shoplens.converters.embedder.convert import torch_embed
-    from shoplens.converters.embedder.data import load_catalog
     from shoplens.converters.embedder.evaluate import RetrievalSets, embed_paths, evaluate_vectors
     from shoplens.converters.embedder.model import load_checkpoint
     from shoplens.converters.embedder.parity import artifact_embedder, embed_photos
 
     torch.set_num_threads(2)
     model, blob = load_checkpoint(checkpoint)
-    sets = RetrievalSets.from_catalog(load_catalog(_catalog_dir(catalog)))
+    sets = RetrievalSets.from_catalog(_load_catalog(_catalog_dir(catalog)))
     keys = ("val", "iconic", "train")
     if tflite is None:
         vec = {k: embed_paths(torch_embed(model), getattr(sets, k), model.config.input_size) for k in keys}
@@ -183,7 +213,7 @@ def convert_embedder(
     calib: Optional[Path] = typer.Option(None, help="Calibration images for static int8 (default: catalog images, never the parity queries)."),
     calib_count: int = typer.Option(100),
     out: Path = typer.Option(..., help="Bundle directory (manifest.json, artifacts, parity report)."),
-    parity_catalog: Optional[Path] = typer.Option(None, help="Labelled catalog for the parity gate (default: Grocery Store)."),
+    parity_catalog: Optional[Path] = typer.Option(None, help="Labelled catalog for the parity gate: catalog.csv / .jsonl with role=val photos, or a Grocery folder (default: Grocery Store)."),
     parity_photos: int = typer.Option(300, help="Query photos for the parity gate (plus every iconic image)."),
     parity_catalog_photos: Optional[int] = typer.Option(None, help="Limit catalog photos embedded by the reference."),
     min_cos: float = typer.Option(0.99, help="Gate: minimum mean cosine to the fp32 reference."),
@@ -195,9 +225,13 @@ def convert_embedder(
     from shoplens.converters.common.errors import ConversionError
     from shoplens.converters.embedder.convert import EmbedderConvertOptions, ParityData
     from shoplens.converters.embedder.convert import convert_embedder as run_conversion
+    from shoplens.converters.embedder.data import CatalogDataError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    data = ParityData.from_catalog(_catalog_dir(parity_catalog), parity_photos, parity_catalog_photos)
+    try:
+        data = ParityData.from_catalog(_catalog_dir(parity_catalog), parity_photos, parity_catalog_photos)
+    except CatalogDataError as exc:
+        raise _catalog_exit(exc) from None
     try:
         result = run_conversion(EmbedderConvertOptions(
             checkpoint=checkpoint, out=out, parity=data, targets=_csv(targets), precisions=_csv(precision), calib=calib, calib_count=calib_count,

@@ -49,7 +49,7 @@ from shoplens.converters.common.plan import precision_plan
 from shoplens.converters.common.result import ConvertResult, tool_versions
 from shoplens.converters.embedder import coreml as embedder_coreml
 from shoplens.converters.embedder import tflite as embedder_tflite
-from shoplens.converters.embedder.data import Sample, list_images, load_batch, load_catalog
+from shoplens.converters.embedder.data import CatalogDataError, Sample, list_images, load_batch, load_catalog
 from shoplens.converters.embedder.evaluate import embed_paths
 from shoplens.converters.embedder.model import Embedder, load_checkpoint
 from shoplens.converters.embedder.parity import ParityResult, artifact_embedder, embed_photos, load_report, measure, write_report
@@ -70,8 +70,14 @@ class ParityData:
 
     @classmethod
     def from_catalog(cls, root: Path, max_photos: int = 300, max_catalog_photos: int | None = None, seed: int = 0) -> "ParityData":
-        """Val photos (+ every iconic image) as queries; iconic + train photos as the catalog."""
+        """Val photos (+ every catalog image) as queries; catalog images + train photos as the catalog.
+
+        ``root``: a Grocery folder or a shop catalog file (``data.load_catalog``); the gate's
+        retrieval check needs labelled photos, so a catalog without val photos is refused.
+        """
         cat = load_catalog(root)
+        if not cat.has_split("val"):
+            raise CatalogDataError(f"{root} has no val photos (rows with role val; val.txt in the Grocery layout): the parity gate's retrieval check needs them")
         val = cat.split("val")
         if len(val) > max_photos:
             idx = np.random.default_rng(seed).choice(len(val), max_photos, replace=False)

@@ -52,7 +52,11 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, catalog: np.ndarray, k: int = 10)
 
 @dataclass
 class RetrievalSets:
-    """The evaluation protocol on the Grocery Store data: val photos against iconic (+ train) catalogs."""
+    """The evaluation protocol: val photos against the catalog images (+ train photos).
+
+    ``iconic`` holds every catalog image: one per product in the Grocery layout, one or several in a
+    shop catalog; recall is counted per product (``recall_at``), so several images of a product are one hit.
+    """
 
     val: list[Sample]
     iconic: list[Sample]

@@ -1,11 +1,14 @@
 """Fine-tune the embedder on a catalog's product ids, fast on CPU: the training loop.
 
-Shop data is small (tens of photos per product, one iconic image), so only the
+Shop data is small (tens of photos per product, one or a few catalog images), so only the
 last stage-3 units, the closing BN and the head learn; BN statistics stay frozen
 (small batches would make them noisy and the export would differ), and the
-frozen layers' outputs come from a disk cache (``feature_cache``). Iconic
-catalog images are training samples of their product, augmented to look like
-phone crops, so photos and catalog images meet in one space. The objective is in
+frozen layers' outputs come from a disk cache (``feature_cache``). Catalog
+images (Grocery's iconic images) are training samples of their product, augmented
+to look like phone crops, so photos and catalog images meet in one space. The
+catalog is a shop's own (``shoplens index``'s formats) or the Grocery layout
+(``data.load_catalog``), and every image a run reads is decoded before any work
+starts (``catalog_check``), so a bad row stops it with nothing written. The objective is in
 ``losses``, the options in ``train_config``; docs/embedder.md has the measurements
 that chose them.
 
@@ -31,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from shoplens.converters.embedder.data import Catalog, holdout_products, load_catalog
+from shoplens.converters.embedder.catalog_check import CheckedData, check_run_data
+from shoplens.converters.embedder.data import Catalog, Sample, holdout_products, load_catalog
 from shoplens.converters.embedder.evaluate import RetrievalSets, evaluate_vectors
 from shoplens.converters.embedder.feature_cache import Rows, View, cache_key, embed_cached, embed_tail, frozen_features
 from shoplens.converters.embedder.head import pca_projection
@@ -49,7 +53,8 @@ from shoplens.converters.embedder.train_config import (
 )
 from shoplens.settings import get_settings
 
-__all__ = ["NOVEL_METRIC", "SELECT_METRIC", "SELECTIONS", "TrainConfig", "TrainConfigError", "TrainResult", "selection_products", "train", "training_key"]
+__all__ = ["NOVEL_METRIC", "SELECT_METRIC", "SELECTIONS", "TrainConfig", "TrainConfigError", "TrainResult", "check_data", "selection_products", "train",
+           "training_key", "training_photos"]
 
 log = logging.getLogger("shoplens.embedder.train")
 
@@ -60,6 +65,28 @@ def selection_products(catalog: Catalog, held: set[int], n: int, seed: int) -> s
     if not 0 < n < len(ids):
         raise TrainConfigError(f"select_products must be in [1, {len(ids) - 1}] (training products: {len(ids)}), not {n}")
     return set(random.Random(f"select:{seed}").sample(ids, n))
+
+
+def training_photos(cfg: TrainConfig, catalog: Catalog) -> list[Sample]:
+    """The labelled photos a run trains on: the ``labels`` split, subsampled (seeded) to ``max_photos``."""
+    photos = catalog.split(cfg.labels)
+    if cfg.max_photos:
+        photos = random.Random(cfg.seed).sample(photos, min(cfg.max_photos, len(photos)))
+    return photos
+
+
+def check_data(cfg: TrainConfig, catalog: Catalog, photos: list[Sample]) -> CheckedData:
+    """Every image the run will read decodes, and the evaluation has val photos; raised before any work starts."""
+    if not cfg.evaluate:
+        return check_run_data(catalog, photos, decode_side=cfg.input_size)
+    if not catalog.has_split("val"):
+        raise TrainConfigError(
+            f"{catalog.source or catalog.root} has no val photos (rows with role val; val.txt in the Grocery layout): the per-epoch "
+            "evaluation and --select best/novel need them. Pass --no-eval (the last epoch is kept), or mark a few labelled "
+            "photos of each product role=val"
+        )
+    sets = RetrievalSets.from_catalog(catalog)
+    return check_run_data(catalog, photos, sets.val, sets.train, decode_side=cfg.input_size)
 
 
 def _set_seed(seed: int) -> None:
@@ -78,13 +105,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     validate(cfg)
     catalog: Catalog = load_catalog(cfg.catalog)
     held = holdout_products(catalog, cfg.holdout, cfg.holdout_seed)
+    novel = selection_products(catalog, held, cfg.select_products, cfg.seed) if cfg.select == "novel" else set()  # before the slower image check
+    photos = training_photos(cfg, catalog)
+    data = check_data(cfg, catalog, photos)
+    log.info("catalog %s: %s", data.path, json.dumps(data.to_json()))
     state_path = Path(str(cfg.out) + ".state.pt")
+    inputs = _Inputs(catalog, photos, data)
     if cfg.select != "novel":
-        result = _train_run(cfg, catalog, held, state_path=state_path)
+        result = _train_run(cfg, inputs, held, state_path=state_path, meta={"catalog": data.to_json()})
     else:
-        novel = selection_products(catalog, held, cfg.select_products, cfg.seed)
         log.info("selection run: %d training products kept out to pick the epoch: %s", len(novel), sorted(novel))
-        probe = _train_run(cfg, catalog, held, novel=novel, state_path=Path(str(cfg.out) + ".select.state.pt"), save=False)
+        probe = _train_run(cfg, inputs, held, novel=novel, state_path=Path(str(cfg.out) + ".select.state.pt"), save=False)
         scores = [row[NOVEL_METRIC] for row in probe.history]
         epoch = 1 + int(np.argmax(scores))  # the first of equal scores: the shorter run
         log.info("selection run: %s by epoch %s -> training on every product for %d epoch(s)", NOVEL_METRIC, [round(x, 3) for x in scores], epoch)
@@ -93,10 +124,19 @@ def train(cfg: TrainConfig) -> TrainResult:
             "selection_products": sorted(novel),
             "selection_history": probe.history,
         }
-        result = _train_run(cfg, catalog, held, stop_after=epoch, state_path=state_path, meta=selection)
+        result = _train_run(cfg, inputs, held, stop_after=epoch, state_path=state_path, meta={"catalog": data.to_json(), **selection})
         result.selection_history = probe.history
     result.seconds = time.time() - t0
     return result
+
+
+@dataclass
+class _Inputs:
+    """What a run reads, checked (``check_data``): the catalog, the training photos and their record."""
+
+    catalog: Catalog
+    photos: list[Sample]
+    checked: CheckedData
 
 
 @dataclass
@@ -124,13 +164,11 @@ class _Run:
     total_steps: int
 
 
-def _load_data(cfg: TrainConfig, catalog: Catalog, cls_of: dict[int, int], model: Embedder, frozen: nn.Module) -> _Data:
+def _load_data(cfg: TrainConfig, inputs: _Inputs, cls_of: dict[int, int], model: Embedder, frozen: nn.Module) -> _Data:
     """Views of every product are cached (a held-out run reuses the full run's cache), then filtered."""
-    photos = catalog.split(cfg.labels)
-    if cfg.max_photos:
-        photos = random.Random(cfg.seed).sample(photos, min(cfg.max_photos, len(photos)))
-    all_views = [View(s, v) for s in photos for v in range(cfg.photo_views)]
-    all_views += [View(s, v) for s in catalog.iconic_samples() for v in range(cfg.iconic_views)]
+    catalog = inputs.catalog
+    all_views = [View(s, v) for s in inputs.photos for v in range(cfg.photo_views)]
+    all_views += [View(s, v) for s in catalog.iconic_samples() for v in range(catalog.views_per_image(s.product, cfg.iconic_views))]
     keep = np.array([i for i, v in enumerate(all_views) if v.sample.product in cls_of])
     train_views = [all_views[i] for i in keep]
     cache_root = (cfg.cache_dir or get_settings().cache_dir) / "embedder_features"
@@ -187,13 +225,19 @@ def _build_run(cfg: TrainConfig, model: Embedder, tail: nn.Module, data: _Data, 
     return _Run(model, tail, projector, proxies, opt, sched, steps_per_epoch, total_steps)
 
 
-def _resume(run: _Run, state_path: Path, run_key: dict[str, Any], result: TrainResult) -> tuple[int, int, dict[str, Any]]:
-    """``(epoch, step, best)`` from the state file of the same run, or a fresh start."""
+def _resume(run: _Run, state_path: Path, run_key: dict[str, Any], data_sha256: str, result: TrainResult) -> tuple[int, int, dict[str, Any]]:
+    """``(epoch, step, best)`` from the state file of the same run on the same data, or a fresh start.
+
+    State files written before the data hash was recorded carry none and resume on their key alone.
+    """
     if not state_path.is_file():
         return 0, 0, {}
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     if st.get("config") != run_key:
         log.warning("ignoring %s: written by a different configuration", state_path)
+        return 0, 0, {}
+    if st.get("data_sha256", data_sha256) != data_sha256:
+        log.warning("ignoring %s: written from other catalog data (its images or labels changed)", state_path)
         return 0, 0, {}
     run.model.load_state_dict(st["model"])
     with torch.no_grad():
@@ -241,10 +285,11 @@ def _train_epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, step: int
     return step
 
 
-def _save_state(path: Path, run: _Run, run_key: dict[str, Any], epoch: int, step: int, result: TrainResult, best: dict[str, Any]) -> None:
+def _save_state(path: Path, run: _Run, run_key: dict[str, Any], data_sha256: str, epoch: int, step: int, result: TrainResult,
+                best: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"config": run_key, "model": run.model.state_dict(), "proxies": run.proxies.detach(),
+        {"config": run_key, "data_sha256": data_sha256, "model": run.model.state_dict(), "proxies": run.proxies.detach(),
          "projector": run.projector.state_dict() if run.projector is not None else None, "opt": run.opt.state_dict(), "sched": run.sched.state_dict(),
          "epoch": epoch, "step": step, "losses": result.losses, "history": result.history, "step_losses": result.step_losses,
          "torch_rng": torch.get_rng_state(), "best": best},
@@ -254,7 +299,7 @@ def _save_state(path: Path, run: _Run, run_key: dict[str, Any], epoch: int, step
 
 def _train_run(
     cfg: TrainConfig,
-    catalog: Catalog,
+    inputs: _Inputs,
     held: set[int],
     *,
     state_path: Path,
@@ -266,17 +311,18 @@ def _train_run(
     """One training run without the ``held`` and ``novel`` products, evaluating ``novel`` each epoch; optionally stopped early."""
     torch.set_num_threads(cfg.threads)
     _set_seed(cfg.seed)
-    products = sorted(p for p in catalog.names if p not in held and p not in novel)
+    products = sorted(p for p in inputs.catalog.names if p not in held and p not in novel)
     cls_of = {p: i for i, p in enumerate(products)}
     mcfg = EmbedderConfig(trunk=cfg.trunk, weights=cfg.weights or "", dim=cfg.dim, pool=cfg.pool, input_size=cfg.input_size)
     model = build_embedder(mcfg, random_init=cfg.random_init)
     frozen, tail = model.trunk.split(cfg.trainable_units)
-    data = _load_data(cfg, catalog, cls_of, model, frozen)
+    data = _load_data(cfg, inputs, cls_of, model, frozen)
     run = _build_run(cfg, model, tail, data, len(products))
 
     run_key = {**cfg.training_key(), "run": {"kept_out": sorted(novel), "stop_after": stop_after}}
     result = TrainResult(checkpoint=Path(cfg.out), held_out=sorted(held))
-    start_epoch, step, best = _resume(run, state_path, run_key, result)
+    data_sha256 = inputs.checked.sha256
+    start_epoch, step, best = _resume(run, state_path, run_key, data_sha256, result)
 
     def run_eval() -> dict[str, float]:
         vec = {k: embed_cached(model, tail, f) for k, f in data.eval_feats.items()}
@@ -295,7 +341,7 @@ def _train_run(
         score = row.get(SELECT_METRIC, float("nan"))
         if cfg.select == "best" and (not best or score > best["score"]):
             best = {"epoch": epoch + 1, "score": score, "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        _save_state(state_path, run, run_key, epoch + 1, step, result, best)
+        _save_state(state_path, run, run_key, data_sha256, epoch + 1, step, result, best)
     return _finish(cfg, model, result, best, held, run_eval, save, meta)
 
 

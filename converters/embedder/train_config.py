@@ -56,9 +56,15 @@ def _opt(default: Any, help: str, **cli: Any) -> Any:
 class TrainConfig:
     """One fine-tuning run; the defaults are the shipped recipe (docs/embedder.md, Results)."""
 
-    catalog: Path = field(metadata={"help": "Catalog folder with classes.csv (iconic images) and label files (default: Grocery Store)."})
-    out: Path = field(metadata={"help": "Checkpoint (default: <cache>/embedder/resnet50v2-s3-256.pt); <out>.state.pt makes reruns resume."})
-    labels: str = _opt("train", "Label split name or file (lines: path, product_id, ...).")
+    catalog: Path = field(metadata={"help": (
+        "The shop's catalog, as `shoplens index` reads it: catalog.csv, catalog.jsonl or a folder of <product_id>/ image folders; "
+        "rows with role photo are labelled shopper photos to train on, role val photos to pick the epoch with (docs/sdk.md). "
+        "Or a Grocery Store folder: classes.csv + train.txt/val.txt (the default: the Grocery Store dataset)."
+    )})
+    out: Path = field(metadata={"help": (
+        "Checkpoint (default: <cache>/embedder/resnet50v2-s3-256[-<shop catalog file stem>][-holdout<N>].pt); <out>.state.pt makes reruns resume."
+    )})
+    labels: str = _opt("train", "Training photos: a split name (train = a shop catalog's role photo rows), or a Grocery label file (lines: path, product_id, ...).")
     trunk: str = _opt("resnet50v2-imagenet-s3", "Trunk registry name (shoplens embedder trunks).")
     weights: str | None = _opt(None, "Trunk weights: file, or torchvision enum name (default: the trunk's).")
     random_init: bool = _opt(False, "Random trunk (plumbing tests only; never ship).", flag="--random")
@@ -72,7 +78,7 @@ class TrainConfig:
     weight_decay: float = _opt(1e-4, "AdamW weight decay.")
     trainable_units: int = _opt(3, "Trainable last units of the trunk (the rest is frozen and cached).")
     photo_views: int = _opt(3, "Views per training photo (1 clean + augmented).")
-    iconic_views: int = _opt(16, "Views per iconic image (one image per product, so more views).")
+    iconic_views: int = _opt(16, "Views of each product's catalog images, shared among them (Grocery: its one iconic image, 16 views).")
     margin: float = _opt(0.2, "CosFace margin.")
     # lower than the usual 30: a high scale pulls every training view onto its product's proxy
     scale: float = _opt(10.0, "CosFace scale (logit temperature); lower keeps more of the space than the usual 30.")
