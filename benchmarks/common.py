@@ -66,8 +66,12 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
-def write_result(name: str, rows: list[dict[str, Any]], *, notes: list[str] | None = None, targets: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the result file docs/benchmarks.md is generated from; returns its path."""
+def write_result(name: str, rows: list[dict[str, Any]], *, notes: list[str] | None = None, targets: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
+                 print_columns: list[str] | None = None) -> Path:
+    """Write the result file docs/benchmarks.md is generated from; returns its path.
+
+    ``print_columns``: the columns the console table shows (default: all; the file has all of them).
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": name,
@@ -81,7 +85,7 @@ def write_result(name: str, rows: list[dict[str, Any]], *, notes: list[str] | No
     }
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print_table(rows, title=name)
+    print_table([{c: r.get(c) for c in print_columns} for r in rows] if print_columns else rows, title=name)
     print(f"wrote {path}")
     return path
 

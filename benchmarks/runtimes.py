@@ -76,8 +76,9 @@ def _split(root: Path, name: str) -> list[tuple[Path, str]]:
     return out
 
 
-def _crop(rgb: np.ndarray, obj: Any) -> np.ndarray:
-    return rgb if obj.source == "whole_image" else np.ascontiguousarray(crop_with_margin(rgb, obj.box, 0.10))
+def _crop(rgb: np.ndarray, obj: Any, margin: float) -> np.ndarray:
+    """The pixels the SDK embedded for ``obj`` (``margin``: the detector manifest's crop_margin)."""
+    return rgb if obj.source == "whole_image" else np.ascontiguousarray(crop_with_margin(rgb, obj.box, margin))
 
 
 def _iou(a: Any, b: Any) -> float:
@@ -186,7 +187,7 @@ def main() -> None:
         rgb = load_rgb(p)
         res = rt.process(rgb)
         sdk[p] = res
-        crops[p] = _crop(rgb, res.objects[0])
+        crops[p] = _crop(rgb, res.objects[0], rt.choice.crop_margin)
         det_ms.append(res.timings_ms.get("detect", 0.0))
         t = time.perf_counter()
         rt.embedder.embed(crops[p])
@@ -288,9 +289,9 @@ def main() -> None:
             if p in torch_raw:
                 cos.append(_cos(raw, torch_raw[p]))
             rt_sdk = sdk[p].objects[0]
-            from shoplens.sdk.runtime import FlowOptions, choose_objects
+            from shoplens.sdk.runtime import choose_objects
 
-            chosen = choose_objects(dets, float(rgb.shape[0] * rgb.shape[1]), FlowOptions(), d.class_names)
+            chosen = choose_objects(dets, float(rgb.shape[0] * rgb.shape[1]), d.spec.object_choice, d.class_names)
             first = tuple(float(v) for v in dets.boxes[chosen[0]]) if chosen else None
             agree += (first is None and rt_sdk.source == "whole_image") or (first is not None and rt_sdk.source == "detector" and _iou(first, rt_sdk.box) >= 0.9)
         mean, mn = _stats(cos)

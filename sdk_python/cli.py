@@ -21,6 +21,8 @@ from rich.table import Table
 console = Console()
 notices = Console(stderr=True)  # file notices stay off stdout, so --json output is pure JSON
 app = typer.Typer()
+from shoplens.contract.manifest import MAX_OBJECTS
+
 manifest_app = typer.Typer()
 
 
@@ -54,15 +56,20 @@ def search(
     box: Optional[str] = typer.Option(None, "--box", help="x,y,w,h of the object the shopper tapped (skips detection)."),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="Products per object."),
     encoding: str = typer.Option("i8", "--encoding", help="Vector wire encoding: f32, f16 or i8."),
-    max_objects: int = typer.Option(3, "--max-objects", min=1, max=16, help="Objects to search per photo."),
-    min_box: float = typer.Option(0.01, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the photo."),
+    max_objects: Optional[int] = typer.Option(None, "--max-objects", min=1, max=MAX_OBJECTS,
+                                              help="Boxes to search per photo (default: the detector manifest's object_choice.max_objects)."),
+    min_box: Optional[float] = typer.Option(None, "--min-box", min=0.0, max=1.0,
+                                            help="Ignore detections smaller than this share of the photo (default: the detector manifest's object_choice.min_box_fraction)."),
     annotated: Optional[Path] = typer.Option(None, "--annotated", help="Write the photo with numbered boxes here (JPEG/PNG)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write an HTML page with the results and thumbnails."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Run the phone's flow on PHOTO (detect, crop, embed, encode) and search the catalog.
 
-    Only the encoded vectors are sent to --server; the photo never leaves this machine.
+    Every object the detector manifest's rule (object_choice) picks is searched in one batch
+    request, with the whole photo when the rule says so; each gets its own results, and the best
+    match merges them per product. Only the encoded vectors are sent to --server; the photo
+    never leaves this machine.
     """
     from shoplens.contract.codecs import Encoding
     from shoplens.extras import require_extra
@@ -70,8 +77,8 @@ def search(
     require_extra("device")
     from shoplens.sdk.client import ShoplensClient
     from shoplens.sdk.images import load_rgb
-    from shoplens.sdk.report import ReportCard, annotate, render_html
-    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
+    from shoplens.sdk.report import ReportCard, annotate, object_label, render_html
+    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, fuse_hits
 
     rt = DeviceRuntime.from_bundle(
         None if (embedder and (detector or box)) else (bundle or default_bundle_dir()),
@@ -84,25 +91,30 @@ def search(
         result, response = rt.search(rgb, client, box=_parse_box(box), top_k=top_k)
     objects = []
     for obj, res in zip(result.objects, response.results if response else []):
-        objects.append({"label": obj.label, "score": obj.score, "box": obj.box, "source": obj.source, "hits": [h.model_dump() for h in res.hits]})
+        objects.append({"label": object_label(obj.label, obj.source), "score": obj.score, "box": obj.box, "source": obj.source, "hits": [h.model_dump() for h in res.hits]})
+    best = [h.model_dump() for h in fuse_hits((res.hits for res in response.results), top_k)] if response else []
     if as_json:
-        typer.echo(json.dumps({"model_id": result.model_id, "grouping": response.grouping if response else None, "payload_bytes": result.payload_bytes, "timings_ms": result.timings_ms, "objects": objects}, indent=2, default=str))
+        typer.echo(json.dumps({"model_id": result.model_id, "grouping": response.grouping if response else None, "payload_bytes": result.payload_bytes,
+                               "timings_ms": result.timings_ms, "object_choice": rt.choice.model_dump(), "best": best, "objects": objects}, indent=2, default=str))
     else:
-        for i, obj in enumerate(objects, start=1):
-            t = Table(title=f"object {i}: {obj['label'] or obj['source']} ({obj['score']:.2f}) box {[round(v) for v in obj['box']]}")
+        tables = [(f"object {i}: {obj['label']} ({obj['score']:.2f}) box {[round(v) for v in obj['box']]}", obj["hits"]) for i, obj in enumerate(objects, start=1)]
+        if len(objects) > 1:
+            tables.insert(0, ("best match: every object's results merged per product", best))
+        for title, hits in tables:
+            t = Table(title=title)
             for col in ("#", "product", "title", "score", "category", "price"):
                 t.add_column(col)
-            for rank, h in enumerate(obj["hits"], start=1):
+            for rank, h in enumerate(hits, start=1):
                 t.add_row(str(rank), h["product_id"], h["title"], f"{h['score']:.3f}", h["category"], "" if h["price"] is None else f"{h['price']:.2f} {h['currency']}")
             console.print(t)
         stages = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
-        console.print(f"uploaded {result.payload_bytes} bytes of vectors ({result.encoding.value}); {stages}")
+        console.print(f"{len(objects)} objects in one request; uploaded {result.payload_bytes} bytes of vectors ({result.encoding.value}); {stages}")
     picture = annotate(rgb, [o["box"] for o in objects], [o["label"] for o in objects])
     if annotated:
         picture.save(annotated)
         notices.print(f"annotated photo: {annotated}")
     if html_out:
-        html_out.write_text(render_html([ReportCard(str(photo), picture, objects)], f"shoplens search: {photo.name}"))
+        html_out.write_text(render_html([ReportCard(str(photo), picture, objects, best if len(objects) > 1 else None)], f"shoplens search: {photo.name}"))
         notices.print(f"results page: {html_out}")
 
 
@@ -115,7 +127,8 @@ def index(
     embedder: Optional[list[Path]] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's); repeat it for several models."),
     detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
     no_detector: bool = typer.Option(False, "--no-detector", help="Embed whole images (catalog photos already framed on the product)."),
-    min_box: float = typer.Option(0.01, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the image (then the whole image is embedded). Use the app's value."),
+    min_box: Optional[float] = typer.Option(None, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the image, then the whole image "
+                                            "is embedded (default: the detector manifest's object_choice.min_box_fraction, the app's rule)."),
     server: Optional[str] = typer.Option(None, "--server", help="Write through this service's admin API (else straight to Milvus at SHOPLENS_MILVUS_URI)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_ADMIN_KEY", help="Admin key for --server."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes."),

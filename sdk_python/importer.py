@@ -101,12 +101,16 @@ class ImportSummary:
 _RUNTIMES: list[Any] = []
 
 
-def _init_worker(embedder: str | list[str], detector: str | None, precision: str | None, threads: int, min_box_fraction: float = 0.01) -> None:
-    """One DeviceRuntime per embedder; only the first detects (the others embed the same crop)."""
+def _init_worker(embedder: str | list[str], detector: str | None, precision: str | None, threads: int, min_box_fraction: float | None = None) -> None:
+    """One DeviceRuntime per embedder; only the first detects (the others embed the same crop).
+
+    The detector manifest's object-choice rule picks the main object (min box, ignored labels,
+    margin), the phone's rule; one vector per image, so one box and no extra whole-photo vector.
+    """
     global _RUNTIMES
     from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
 
-    options = FlowOptions(max_objects=1, min_box_fraction=min_box_fraction)
+    options = FlowOptions(max_objects=1, search_whole_photo=False, min_box_fraction=min_box_fraction)
     embedders = [embedder] if isinstance(embedder, str) else list(embedder)
     _RUNTIMES = [DeviceRuntime.from_bundle(embedder=e, detector=detector if k == 0 else None, precision=precision,
                                            num_threads=threads, options=options) for k, e in enumerate(embedders)]
@@ -333,7 +337,7 @@ def import_catalog(
     progress: bool = True,
     total: int | None = None,
     threads: int | None = None,
-    min_box_fraction: float = 0.01,
+    min_box_fraction: float | None = None,
 ) -> ImportSummary:
     """Embed and write every new image; see the module docstring for the guarantees.
 
@@ -343,7 +347,8 @@ def import_catalog(
     is per model, so a resumed run redoes only what some model is missing.
     ``threads``: LiteRT threads per worker (default: 2 for one worker, 1 each for several).
     ``min_box_fraction``: a detection smaller than this share of the image is not the main
-    object; the whole image is embedded instead (as the phone does with the same setting).
+    object; the whole image is embedded instead. ``None``: the detector manifest's rule
+    (``object_choice``), the one the phone uses.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -25,15 +25,29 @@ from shoplens.contract.urls import safe_image_url
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 
+#: what an object without a detector label is, by its source (DetectedObject.source)
+_SOURCE_LABELS = {"whole_image": "whole photo", "caller_box": "tapped box"}
+
+
+def object_label(label: str, source: str) -> str:
+    """A searched object's name for people: its class name, else where it came from."""
+    return label or _SOURCE_LABELS.get(source, source)
+
+
+def box_colour(index: int) -> tuple[int, int, int]:
+    """The colour of object ``index`` (0-based): its box in the photo and its heading in the page."""
+    return _COLOURS[index % len(_COLOURS)]
+
+
 def annotate(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]], labels: list[str]) -> Any:
-    """The photo with numbered boxes (a PIL image)."""
+    """The photo with numbered boxes (a PIL image), numbered and coloured as the page lists them."""
     from PIL import Image, ImageDraw
 
     im = Image.fromarray(rgb)
     draw = ImageDraw.Draw(im)
     width = max(2, round(min(im.size) / 200))
     for i, (box, label) in enumerate(zip(boxes, labels)):
-        colour = _COLOURS[i % len(_COLOURS)]
+        colour = box_colour(i)
         draw.rectangle(box, outline=colour, width=width)
         draw.text((box[0] + width + 2, box[1] + width + 2), f"{i + 1} {label}", fill=colour)
     return im
@@ -108,11 +122,18 @@ def _text(value: Any) -> str:
 
 @dataclass
 class ReportCard:
-    """One query photo with its objects and their hits (what the demo and `shoplens search` render)."""
+    """One query photo with its objects and their hits (what the demo and `shoplens search` render).
+
+    ``objects`` are listed in the order (and with the numbers and colours) :func:`annotate`
+    drew their boxes; ``best``, when given, is the photo's answer over all of them (every
+    object's hits merged per product) and is shown first.
+    """
 
     title: str
     photo: Any  # PIL image, already annotated
-    objects: list[dict[str, Any]]  # {"label", "score", "hits": [ProductHit-like dicts], "expected": product id or None}
+    objects: list[dict[str, Any]]  # {"label", "score", "box", "hits": [ProductHit-like dicts], "expected": product id or None}
+    best: list[dict[str, Any]] | None = None
+    expected: Any = None  # the product the photo shows, when known: marks the answer's hits
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}.card{border:1px solid #ddd;border-radius:8px;padding:12px;margin:12px 0;display:flex;gap:16px}
@@ -129,11 +150,25 @@ def _hit_html(hit: Mapping[str, Any], rank: int, expected: Any, thumbnail: Thumb
     return f"<div class='hit{' ok' if ok else ''}'>{img}<div>#{rank} {name}</div><div class='meta'>{score:.3f}{' &#10003;' if ok else ''}</div></div>"
 
 
+def _box_text(box: Any) -> str:
+    try:
+        return " box [" + ", ".join(str(round(float(v))) for v in box) + "]"
+    except (TypeError, ValueError):
+        return ""
+
+
 def _card_html(card: ReportCard, thumbnail: ThumbnailLookup) -> str:
     parts = [f"<div class='card'><div class='photo'><div class='meta'>{_text(card.title)}</div><img src={_attr(data_uri(card.photo, 480))}></div><div>"]
+    if card.best is not None:
+        parts.append("<div class='obj best'><div class='meta'><b>best match</b>: every object's results merged per product</div><div class='hits'>")
+        parts += [_hit_html(hit, rank, card.expected, thumbnail) for rank, hit in enumerate(card.best, start=1)]
+        parts.append("</div></div>")
     for i, obj in enumerate(card.objects):
-        parts.append(f"<div class='obj'><div class='meta'>object {i + 1}: {_text(obj.get('label') or '')} {float(obj.get('score') or 0):.2f}</div><div class='hits'>")
-        parts += [_hit_html(hit, rank, obj.get("expected"), thumbnail) for rank, hit in enumerate(obj.get("hits", []), start=1)]
+        r, g, b = box_colour(i)
+        box = _box_text(obj["box"]) if obj.get("box") is not None else ""
+        parts.append(f"<div class='obj'><div class='meta'><span style='color:#{r:02x}{g:02x}{b:02x}'>&#9632; object {i + 1}</span>: "
+                     f"{_text(obj.get('label') or '')} {float(obj.get('score') or 0):.2f}{_text(box)}</div><div class='hits'>")
+        parts += [_hit_html(hit, rank, obj.get("expected", card.expected), thumbnail) for rank, hit in enumerate(obj.get("hits", []), start=1)]
         parts.append("</div></div>")
     parts.append("</div></div>")
     return "".join(parts)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from shoplens.contract.manifest import (
     ArtifactFormat,
     ArtifactManifest,
     BundleManifest,
+    ObjectChoice,
     OutputRole,
     Precision,
     Task,
@@ -109,6 +111,10 @@ class Detector:
         self._out = self._model.artifact.output(OutputRole.YOLO_RAW)
 
     @property
+    def artifact(self) -> ArtifactManifest:
+        return self._model.artifact
+
+    @property
     def class_names(self) -> list[str]:
         return self.spec.class_names
 
@@ -130,15 +136,27 @@ class Detector:
 
 @dataclass
 class FlowOptions:
-    """How the phone chooses and crops objects (MediaPipe-style options object)."""
+    """Per-run settings of the phone's flow (a MediaPipe-style options object).
 
-    max_objects: int = 3
-    crop_margin: float = 0.10  # of the box size, on each side: the embedder was trained on loose crops
-    min_box_fraction: float = 0.01  # ignore boxes smaller than this fraction of the photo area
+    Which objects are searched is the detector manifest's rule (``detector.object_choice``, an
+    :class:`~shoplens.contract.manifest.ObjectChoice`): a field below left at ``None`` means "the
+    manifest's". Why overrides at all: to try another value on purpose (``shoplens search
+    --min-box``) or to ask for one object (the catalog import stores one vector per image); an
+    app ships its rule in the detector bundle, so every side reads the same one.
+    """
+
+    max_objects: int | None = None
+    min_box_fraction: float | None = None
+    crop_margin: float | None = None
+    ignore_labels: tuple[str, ...] | None = None
+    search_whole_photo: bool | None = None
     conf_threshold: float | None = None  # None: the manifest's default
-    whole_image_fallback: bool = True  # no detection: embed the whole photo, as the catalog import does
-    ignore_labels: tuple[str, ...] = ("person",)  # the shopper's hand or body is never the product
     encoding: Encoding = Encoding.I8
+
+    def choice(self, base: ObjectChoice) -> ObjectChoice:
+        """``base`` (the manifest's rule) with this run's overrides, validated like a manifest."""
+        overrides = {name: getattr(self, name) for name in ObjectChoice.model_fields if getattr(self, name, None) is not None}
+        return ObjectChoice.model_validate({**base.model_dump(), **overrides})
 
 
 @dataclass
@@ -176,15 +194,66 @@ def crop_with_margin(rgb: np.ndarray, box: tuple[float, float, float, float], ma
     return rgb[top:bottom, left:right]
 
 
-def choose_objects(dets: Detections, image_area: float, options: FlowOptions, class_names: list[str] | None = None) -> list[int]:
+def choose_objects(dets: Detections, image_area: float, choice: ObjectChoice, class_names: list[str] | None = None) -> list[int]:
     """Top-N by score x area: a shopper photographs the product they want, big and in focus."""
     if len(dets) == 0:
         return []
     areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-    wanted = np.array([not class_names or class_names[int(c)] not in options.ignore_labels for c in dets.classes], dtype=bool)
-    keep = np.where((areas >= options.min_box_fraction * image_area) & wanted)[0]
+    wanted = np.array([not class_names or class_names[int(c)] not in choice.ignore_labels for c in dets.classes], dtype=bool)
+    keep = np.where((areas >= choice.min_box_fraction * image_area) & wanted)[0]
     order = keep[np.argsort(-(dets.scores[keep] * areas[keep]), kind="stable")]
-    return [int(i) for i in order[: options.max_objects]]
+    return [int(i) for i in order[: choice.max_objects]]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the photo the flow embeds and searches."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
+    label: str
+    score: float
+    source: str  # "detector", "caller_box" or "whole_image"
+
+
+def plan_regions(dets: Detections, size: tuple[int, int], choice: ObjectChoice, class_names: list[str]) -> list[Region]:
+    """The regions a photo's detections give under the rule: the chosen boxes, then the whole
+    photo when the rule searches it too or when no box is left (a photo without a product box
+    is still searched, as the catalog import embeds it)."""
+    w, h = size
+    regions = [Region(tuple(float(v) for v in dets.boxes[i]), class_names[int(dets.classes[i])], float(dets.scores[i]), "detector")  # type: ignore[arg-type]
+               for i in choose_objects(dets, float(w * h), choice, class_names)]
+    if choice.search_whole_photo or not regions:
+        regions.append(Region((0.0, 0.0, float(w), float(h)), "", 0.0, "whole_image"))
+    return regions
+
+
+def region_pixels(rgb: np.ndarray, region: Region, choice: ObjectChoice) -> np.ndarray:
+    """What the embedder sees for a region: the photo itself, or the box with the rule's margin."""
+    return rgb if region.source == "whole_image" else crop_with_margin(rgb, region.box, choice.crop_margin)
+
+
+class _Hit(Protocol):
+    product_id: str
+    score: float
+
+
+HitT = TypeVar("HitT", bound=_Hit)
+
+
+def fuse_hits(hit_lists: Iterable[Sequence[HitT]], top_k: int | None = None) -> list[HitT]:
+    """Several objects' results as one ranking: per product its best-scoring hit, best first.
+
+    Why: the whole photo and a crop of it fail differently (a crop can lose the context the
+    catalog's images have, or be the wrong box; the whole photo can be dominated by clutter),
+    and per product the better of the two scores recovers both (benchmarks/detector_flow.py).
+    """
+    best: dict[str, HitT] = {}
+    for hits in hit_lists:
+        for hit in hits:
+            if hit.product_id not in best or hit.score > best[hit.product_id].score:
+                best[hit.product_id] = hit
+    ranked = sorted(best.values(), key=lambda h: -h.score)
+    return ranked if top_k is None else ranked[:top_k]
 
 
 class DeviceRuntime:
@@ -194,6 +263,8 @@ class DeviceRuntime:
         self.embedder = embedder
         self.detector = detector
         self.options = options or FlowOptions()
+        #: the object-choice rule in force: the detector manifest's, with this run's overrides
+        self.choice: ObjectChoice = self.options.choice(detector.spec.object_choice if detector else ObjectChoice())
 
     @classmethod
     def from_bundle(
@@ -223,32 +294,29 @@ class DeviceRuntime:
         rgb = photo if isinstance(photo, np.ndarray) else load_rgb(photo)
         timings["decode"] = (time.perf_counter() - t) * 1000
         h, w = rgb.shape[:2]
-        regions: list[tuple[tuple[float, float, float, float], str, float, str]] = []
         if box is not None:
             x, y, bw, bh = box
-            regions.append(((x, y, x + bw, y + bh), "", 1.0, "caller_box"))
+            regions = [Region((x, y, x + bw, y + bh), "", 1.0, "caller_box")]
         elif self.detector is not None:
             t = time.perf_counter()
             overrides = {"conf_threshold": opts.conf_threshold} if opts.conf_threshold is not None else {}
             dets = self.detector.detect(rgb, **overrides)
             timings["detect"] = (time.perf_counter() - t) * 1000
-            for i in choose_objects(dets, float(w * h), opts, self.detector.class_names):
-                label = self.detector.class_names[int(dets.classes[i])]
-                regions.append((tuple(float(v) for v in dets.boxes[i]), label, float(dets.scores[i]), "detector"))
-        if not regions and opts.whole_image_fallback:
-            regions.append(((0.0, 0.0, float(w), float(h)), "", 0.0, "whole_image"))
+            regions = plan_regions(dets, (w, h), self.choice, self.detector.class_names)
+        else:
+            regions = [Region((0.0, 0.0, float(w), float(h)), "", 0.0, "whole_image")]
         objects = []
         crop_ms = embed_ms = encode_ms = 0.0
-        for bbox, label, score, source in regions:
+        for r in regions:
             t0 = time.perf_counter()
-            crop = rgb if source == "whole_image" else crop_with_margin(rgb, bbox, opts.crop_margin)
+            crop = region_pixels(rgb, r, self.choice)
             t1 = time.perf_counter()
             vec = self.embedder.embed(crop)
             t2 = time.perf_counter()
             encoded = encode_vector(vec, opts.encoding, self.embedder.dim)
             t3 = time.perf_counter()
             crop_ms, embed_ms, encode_ms = crop_ms + (t1 - t0) * 1000, embed_ms + (t2 - t1) * 1000, encode_ms + (t3 - t2) * 1000
-            objects.append(DetectedObject(bbox, label, score, vec, encoded, source))
+            objects.append(DetectedObject(r.box, r.label, r.score, vec, encoded, r.source))
         timings.update(crop=crop_ms, embed=embed_ms, encode=encode_ms)
         return FlowResult((w, h), objects, timings, self.embedder.model_id, opts.encoding)
 

@@ -16,7 +16,6 @@ Everything it loads is served from here: the page, LiteRT.js and its WASM
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -75,7 +74,7 @@ def _bundles(root: str) -> dict[str, Any]:
             "bundle": manifest_file.parent.name,
             "file": artifact.file,
             "url": f"/app/models/{manifest_file.parent.name}/{artifact.file}",
-            "manifest": json.loads(manifest_file.read_text()),
+            "manifest": manifest.model_dump(mode="json"),  # validated, with the defaults of keys an older manifest lacks (object_choice)
         }
     return found
 

@@ -160,7 +160,12 @@ def _work_root() -> Path:
 
 
 def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetector, boxes_normalized: bool) -> BundleManifest:
-    """Reuse the bundle's manifest when it describes the same weights and decoding; else start fresh."""
+    """Reuse the bundle's manifest when it describes the same weights and decoding; else start fresh.
+
+    The detector section carries the object-choice rule (``object_choice``): the defaults the
+    benchmark chose for a new bundle, or the rule an existing bundle's manifest already holds
+    (someone tuned it for these weights; reconverting must not reset it).
+    """
     source = SourceSpec(name=ref.weights.stem, weights=ref.weights.name, weights_sha256=ref.weights_sha256)
     detector = DetectorSpec(
         class_names=ref.class_names,
@@ -175,6 +180,8 @@ def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetect
             old = load_manifest(bundle)
         except Exception:  # noqa: BLE001 - an unreadable old manifest is simply replaced
             old = None
+        if old is not None and old.detector is not None:
+            detector.object_choice = old.detector.object_choice
         if old is not None and old.source == source and old.detector == detector:
             old.tools = tool_versions(TOOL_PACKAGES)
             return old

@@ -1,11 +1,14 @@
 // shoplens on Android: detect (LiteRT YOLO) -> crop -> embed (LiteRT) -> i8 -> POST /v1/search/batch.
 //
-// Put mobile_assets/yolov8n/yolov8n_int8.tflite and
-// mobile_assets/resnet50v2-s3-256/embedder_w8.tflite in src/main/assets. Every constant is marked
-// `// manifest:` (a bundle manifest field) or `// sdk:` (a default of the Python SDK,
-// shoplens.sdk.runtime.FlowOptions); tests/e2e/test_mobile_samples.py checks each one and the rules
-// below (letterbox vs stretch, strict thresholds, crop rounding, i8 encoding, request body). It is
-// not compiled in this repository's CI (it needs the Android SDK): build it in Android Studio.
+// Put mobile_assets/yolov8n/yolov8n_int8.tflite, mobile_assets/resnet50v2-s3-256/embedder_w8.tflite
+// and mobile_assets/yolov8n/manifest.json (as yolov8n.manifest.json) in src/main/assets: the
+// object-choice rule (which boxes to search, the crop margin, whether the whole photo is searched
+// too) is read from the manifest's `detector.object_choice` at run time, the same keys every shoplens
+// client reads, so a new detector bundle brings its own rule. Every constant is marked
+// `// manifest:` (a bundle manifest field) or `// sdk:` (a default of the Python SDK);
+// tests/e2e/test_mobile_samples.py checks each one and the rules below (letterbox vs stretch, strict
+// thresholds, object choice, crop rounding, i8 encoding, request body). It is not compiled in this
+// repository's CI (it needs the Android SDK): build it in Android Studio.
 // The MediaPipe Tasks path (ImageEmbedder on the same embedder_w8.tflite) is in mobile_assets/README.md.
 
 package dev.shoplens.sample
@@ -35,18 +38,31 @@ object Shoplens {
     const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
     const val CONF_THRESHOLD = 0.25f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
-    const val MAX_OBJECTS = 3                                             // sdk: FlowOptions.max_objects
-    const val MIN_BOX_FRACTION = 0.01f                                    // sdk: FlowOptions.min_box_fraction (of the photo area)
-    const val IGNORED_LABEL = "person"                                    // manifest: yolov8n detector.class_names[0]
-    const val IGNORED_CLASS = 0                                           // manifest: yolov8n detector.class_names.index(person) (the shopper's hand is never the product)
 
     const val EMBEDDER_FILE = "embedder_w8.tflite"                        // manifest: resnet50v2-s3-256/embedder_w8.tflite file
     const val EMBEDDER_INPUT = "serving_default_args_0"                   // manifest: resnet50v2-s3-256/embedder_w8.tflite input.name
     const val EMBEDDER_SIZE = 224                                         // manifest: resnet50v2-s3-256/embedder_w8.tflite input.shape[1]
     const val EMBEDDING_DIM = 256                                         // manifest: resnet50v2-s3-256 embedder.dim
     const val MODEL_ID = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"       // manifest: resnet50v2-s3-256 embedder.model_id
-    const val CROP_MARGIN = 0.10f                                         // sdk: FlowOptions.crop_margin (of the box size, each side)
     const val TOP_K = 5                                                   // sdk: DeviceRuntime.search top_k
+}
+
+/** The detector manifest's object-choice rule (`detector.object_choice`), read at run time: drop boxes
+ *  of an ignored class or under minBoxFraction of the photo, rank by score x area, keep maxObjects,
+ *  crop each with cropMargin of its size per side; search the whole photo too when searchWholePhoto,
+ *  and always when no box is left. */
+data class ObjectChoice(val minBoxFraction: Float, val maxObjects: Int, val cropMargin: Float, val ignoredClasses: Set<Int>, val searchWholePhoto: Boolean) {
+    companion object {
+        /** `manifestJson`: the detector bundle's manifest.json, e.g. assets.open("yolov8n.manifest.json").reader().readText(). */
+        fun fromManifest(manifestJson: String): ObjectChoice {
+            val detector = JSONObject(manifestJson).getJSONObject("detector")
+            val c = detector.getJSONObject("object_choice")
+            val names = detector.getJSONArray("class_names")
+            val ignored = c.getJSONArray("ignore_labels").let { a -> (0 until a.length()).map { a.getString(it) }.toSet() }
+            return ObjectChoice(c.getDouble("min_box_fraction").toFloat(), c.getInt("max_objects"), c.getDouble("crop_margin").toFloat(),
+                (0 until names.length()).filter { names.getString(it) in ignored }.toSet(), c.getBoolean("search_whole_photo"))
+        }
+    }
 }
 
 data class Box(val x1: Float, val y1: Float, val x2: Float, val y2: Float, val score: Float, val cls: Int) {
@@ -71,8 +87,9 @@ fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
     return buf.rewind() as ByteBuffer to floatArrayOf(gain, padX.toFloat(), padY.toFloat())
 }
 
-/** Decode [1, 84, 8400] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels. */
-fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = Shoplens.MAX_OBJECTS): List<Box> {
+/** Decode [1, 84, 8400] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels;
+ *  then the regions to search: the chosen boxes, then the whole photo (class -1) when the rule searches it too or no box is left. */
+fun detect(detector: Interpreter, photo: Bitmap, choice: ObjectChoice): List<Box> {
     val (input, geo) = detectorInput(photo)
     val out = Array(1) { Array(Shoplens.DETECTOR_ROWS) { FloatArray(Shoplens.DETECTOR_CANDIDATES) } }
     detector.run(input, out)
@@ -88,8 +105,9 @@ fun detect(detector: Interpreter, photo: Bitmap, maxObjects: Int = Shoplens.MAX_
     val kept = mutableListOf<Box>()
     for (b in cands) if (kept.none { it.cls == b.cls && iou(it, b) > Shoplens.IOU_THRESHOLD }) kept += b
     val photoArea = photo.width.toFloat() * photo.height
-    return kept.filter { it.cls != Shoplens.IGNORED_CLASS && it.area >= Shoplens.MIN_BOX_FRACTION * photoArea }.sortedByDescending { it.score * it.area }.take(maxObjects)
-        .ifEmpty { listOf(Box(0f, 0f, photo.width.toFloat(), photo.height.toFloat(), 0f, -1)) }  // the whole photo
+    val boxes = kept.filter { it.cls !in choice.ignoredClasses && it.area >= choice.minBoxFraction * photoArea }.sortedByDescending { it.score * it.area }.take(choice.maxObjects)
+    val whole = Box(0f, 0f, photo.width.toFloat(), photo.height.toFloat(), 0f, -1)  // the whole photo (no margin: it is clipped away)
+    return if (boxes.isEmpty() || choice.searchWholePhoto) boxes + whole else boxes
 }
 
 fun iou(a: Box, b: Box): Float {
@@ -100,8 +118,8 @@ fun iou(a: Box, b: Box): Float {
 /** Crop with margin (floor / ceil, clipped), stretch to 224x224, uint8 RGB NHWC (normalisation is inside the model).
  *  createScaledBitmap's bilinear does not antialias when shrinking; the SDK does (Pillow), which is worth
  *  cos ~0.003 on large crops: shrink in halves first (or use an area filter) to match it more closely. */
-fun embed(embedder: Interpreter, photo: Bitmap, box: Box): FloatArray {
-    val mx = (box.x2 - box.x1) * Shoplens.CROP_MARGIN; val my = (box.y2 - box.y1) * Shoplens.CROP_MARGIN
+fun embed(embedder: Interpreter, photo: Bitmap, box: Box, choice: ObjectChoice): FloatArray {
+    val mx = (box.x2 - box.x1) * choice.cropMargin; val my = (box.y2 - box.y1) * choice.cropMargin
     val l = max(0, floor(box.x1 - mx).toInt()); val t = max(0, floor(box.y1 - my).toInt())
     val r = min(photo.width, ceil(box.x2 + mx).toInt()); val b = min(photo.height, ceil(box.y2 + my).toInt())
     val crop = Bitmap.createScaledBitmap(Bitmap.createBitmap(photo, l, t, r - l, b - t), Shoplens.EMBEDDER_SIZE, Shoplens.EMBEDDER_SIZE, true)
@@ -121,6 +139,21 @@ fun encodeI8(v: FloatArray): String {
     val peak = unit.maxOf { abs(it) }
     val bytes = ByteArray(unit.size) { i -> Math.rint((unit[i] * 127 / peak).toDouble()).coerceIn(-127.0, 127.0).toInt().toByte() }
     return Base64.encodeToString(bytes, Base64.NO_WRAP)
+}
+
+/** The photo's answer: every object's results merged per product, best score wins (the SDK's fuse_hits).
+ *  `response`: the batch response's JSON; each entry of its `results` holds one object's `hits`. */
+fun bestMatches(response: String): List<Pair<String, Double>> {
+    val best = mutableMapOf<String, Double>()
+    val results = JSONObject(response).getJSONArray("results")
+    for (i in 0 until results.length()) {
+        val hits = results.getJSONObject(i).getJSONArray("hits")
+        for (j in 0 until hits.length()) {
+            val hit = hits.getJSONObject(j); val id = hit.getString("product_id"); val score = hit.getDouble("score")
+            if (score > (best[id] ?: Double.NEGATIVE_INFINITY)) best[id] = score
+        }
+    }
+    return best.toList().sortedByDescending { it.second }
 }
 
 /** The body of POST /v1/search/batch: one request for every object in the photo, vectors only. */

@@ -8,7 +8,9 @@ What it does, in the order a real deployment would:
    the admin API with the catalog importer (resumable: a second run re-indexes
    nothing);
 5. runs the phone's flow on the val photos (detect -> crop -> embed -> i8 ->
-   ``/v1/search/batch``) and scores product-level recall@1/@5;
+   ``/v1/search/batch``) with the detector manifest's object-choice rule, as an app
+   would (no demo-only settings), and scores the photo's answer (every searched
+   object's results merged per product) at product-level recall@1/@5;
 6. prints a summary and writes ``demo_report.html``.
 """
 
@@ -40,11 +42,8 @@ console = Console()
 class QueryOutcome:
     photo: Path
     expected: str
-    ranked: list[dict[str, Any]]
-    box: tuple[float, float, float, float] | None
-    label: str
-    score: float
-    source: str
+    ranked: list[dict[str, Any]]  # the photo's answer: every object's hits merged per product
+    objects: list[dict[str, Any]]  # each searched object: label, score, box, source, hits
     timings_ms: dict[str, float]
     payload_bytes: int
     jpeg_bytes: int
@@ -65,7 +64,8 @@ class DemoSummary:
     model_id: str = ""
     detector: str = ""
     report: str = ""
-    detector_crops: int = 0  # queries whose embedded region came from a detection
+    detector_crops: int = 0  # queries that searched at least one detected box
+    objects_per_query: float = 0.0  # vectors searched per photo (boxes, and the whole photo when the rule says so)
 
 
 def _latency(outcomes: list[QueryOutcome]) -> dict[str, dict[str, float]]:
@@ -114,7 +114,6 @@ def run_demo(
     max_queries: int | None = None,
     products: int | None = None,
     workers: int = 2,
-    min_box: float = 0.3,
     catalog_detect: bool = False,
     report_cards: int = 40,
     fresh: bool = False,
@@ -125,7 +124,8 @@ def run_demo(
     from shoplens.contract.manifest import load_manifest
     from shoplens.sdk.client import ShoplensClient
     from shoplens.sdk.importer import ApiSink, import_catalog
-    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions, resolve_bundles
+    from shoplens.sdk.report import object_label
+    from shoplens.sdk.runtime import DeviceRuntime, fuse_hits, resolve_bundles
     from shoplens.settings import Settings
 
     look = grocery_store()
@@ -134,7 +134,8 @@ def run_demo(
     embedder = embedder or reference_embedder(workdir)
     model_id = load_manifest(embedder).embedder.model_id  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    tag = (f"-{products}p" if products else "") + (f"-det{min_box:g}" if catalog_detect and detector else "")
+    rule = load_manifest(detector).detector.object_choice if detector else None  # type: ignore[union-attr]
+    tag = (f"-{products}p" if products else "") + (f"-det{rule.min_box_fraction:g}" if catalog_detect and rule else "")
     db, state = demo_files(workdir, model_id, tag, fresh)
     admin, device = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     settings = Settings(milvus_uri=str(db), collection="demo_catalog", admin_keys=[admin], device_keys=[device], rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
@@ -146,7 +147,7 @@ def run_demo(
         console.print(f"[bold]service[/]: {svc.url} (Milvus Lite at {db})")
         with ShoplensClient(svc.url, admin) as admin_client:
             t0 = time.perf_counter()
-            summary = import_catalog(entries, embedder=embedder, detector=detector if catalog_detect else None, sink=ApiSink(admin_client, model_id), state_path=state, workers=workers, batch_size=64, progress=progress, total=len(entries), min_box_fraction=min_box)
+            summary = import_catalog(entries, embedder=embedder, detector=detector if catalog_detect else None, sink=ApiSink(admin_client, model_id), state_path=state, workers=workers, batch_size=64, progress=progress, total=len(entries))
             index_s = time.perf_counter() - t0
             rows = admin_client.stats().rows
         if summary.failed:
@@ -154,16 +155,19 @@ def run_demo(
         with ShoplensClient(svc.url, device) as probe:
             settle_s = wait_until_indexed(probe, model_id, load_manifest(embedder).embedder.dim)  # type: ignore[union-attr]
         console.print(f"indexed {summary.imported} new images ({summary.already_done} already indexed) in {index_s:.1f} s; the index holds {rows}; search settled after {settle_s:.1f} s")
-        rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector, options=FlowOptions(max_objects=1, min_box_fraction=min_box))
+        rt = DeviceRuntime.from_bundle(embedder=embedder, detector=detector)  # the detector manifest's object-choice rule
+        if detector:
+            console.print(f"[bold]object choice[/] (from {detector.name}/manifest.json): {rt.choice.model_dump()}")
         outcomes: list[QueryOutcome] = []
         t0 = time.perf_counter()
         with ShoplensClient(svc.url, device) as client, Progress(disable=not progress) as bar:
             task = bar.add_task("searching val photos", total=len(queries))
             for photo, expected in queries:
                 result, response = rt.search(photo, client, top_k=5)
-                obj = result.objects[0]
-                ranked = [h.model_dump() for h in response.results[0].hits]
-                outcomes.append(QueryOutcome(photo, expected, ranked, obj.box if obj.source != "whole_image" else None, obj.label, obj.score, obj.source, result.timings_ms, result.payload_bytes, photo.stat().st_size))
+                ranked = [h.model_dump() for h in fuse_hits((r.hits for r in response.results), 5)]
+                objects = [{"label": object_label(o.label, o.source), "score": o.score, "box": o.box, "source": o.source, "hits": [h.model_dump() for h in r.hits]}
+                           for o, r in zip(result.objects, response.results)]
+                outcomes.append(QueryOutcome(photo, expected, ranked, objects, result.timings_ms, result.payload_bytes, photo.stat().st_size))
                 bar.advance(task)
         query_s = time.perf_counter() - t0
     r1 = sum(bool(o.ranked) and o.ranked[0]["product_id"] == o.expected for o in outcomes) / len(outcomes)
@@ -178,11 +182,12 @@ def run_demo(
         query_seconds=query_s,
         latency_ms=_latency(outcomes),
         bytes_per_query=statistics.mean(o.payload_bytes for o in outcomes),
+        objects_per_query=statistics.mean(len(o.objects) for o in outcomes),
         jpeg_bytes_per_query=statistics.mean(o.jpeg_bytes for o in outcomes),
         model_id=model_id,
         detector=detector.name if detector else "",
         report=str(report_path),
-        detector_crops=sum(o.source == "detector" for o in outcomes),
+        detector_crops=sum(any(obj["source"] == "detector" for obj in o.objects) for o in outcomes),
     )
     write_report(report_path, demo, outcomes[:report_cards], demo_thumbnails(data))
     (workdir / "last_summary.json").write_text(json.dumps(demo.__dict__, indent=2, default=str))
@@ -206,13 +211,13 @@ def write_report(path: Path, demo: DemoSummary, outcomes: list[QueryOutcome], th
 
     cards = []
     for o in outcomes:
-        rgb = load_rgb(o.photo)
-        pic = annotate(rgb, [o.box] if o.box else [], [f"{o.label}" if o.label else ""])
-        cards.append(ReportCard(f"{o.photo.name}: expected {o.expected}", pic, [{"label": o.label or "whole photo", "score": o.score, "hits": o.ranked, "expected": o.expected}]))
+        pic = annotate(load_rgb(o.photo), [obj["box"] for obj in o.objects], [obj["label"] for obj in o.objects])
+        best = o.ranked if len(o.objects) > 1 else None
+        cards.append(ReportCard(f"{o.photo.name}: expected {o.expected}", pic, o.objects, best, o.expected))
     summary = (
         f"<p>{demo.queries} shop photos searched against {demo.catalog_images} catalog images of {demo.products} products. "
         f"<b>recall@1 {demo.recall_at_1:.3f}</b>, recall@5 {demo.recall_at_5:.3f}. Model {h.escape(demo.model_id)}. "
-        f"Uploaded per query: {demo.bytes_per_query:.0f} bytes of vector (the photos average {demo.jpeg_bytes_per_query:.0f} bytes and never leave the device). "
+        f"Uploaded per query: {demo.bytes_per_query:.0f} bytes of vectors ({demo.objects_per_query:.1f} per photo, one request; the photos average {demo.jpeg_bytes_per_query:.0f} bytes and never leave the device). "
         f"Correct products are marked green. Showing the first {len(cards)} queries.</p>"
     )
     path.write_text(render_html(cards, "shoplens demo: Grocery Store val photos", summary, thumbnail=thumbnail))

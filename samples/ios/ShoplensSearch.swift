@@ -2,11 +2,15 @@
 //
 // Drop mobile_assets/yolov8n/yolov8n_int8_nms.mlpackage and
 // mobile_assets/resnet50v2-s3-256/embedder_int8.mlpackage into the Xcode project (Xcode generates
-// the model classes). Every constant is marked `// manifest:` (a bundle manifest field) or `// sdk:`
-// (a default of the Python SDK, shoplens.sdk.runtime.FlowOptions), and tests/e2e/test_mobile_samples.py
-// checks each one and the rules below (letterbox vs stretch, strict thresholds, i8 encoding, request
-// body), so this file cannot drift from the models we ship or from the SDK. It is not compiled in
-// this repository's CI (no Swift toolchain on Linux for UIKit/Vision): build it in Xcode.
+// the model classes), and add mobile_assets/yolov8n/manifest.json as a resource named
+// yolov8n.manifest.json: the object-choice rule (which boxes to search, the crop margin, whether the
+// whole photo is searched too) is read from its `detector.object_choice` at run time, the same keys
+// every shoplens client reads, so a new detector bundle brings its own rule. Every constant is marked
+// `// manifest:` (a bundle manifest field) or `// sdk:` (a default of the Python SDK), and
+// tests/e2e/test_mobile_samples.py checks each one and the rules below (letterbox vs stretch, strict
+// thresholds, object choice, i8 encoding, request body), so this file cannot drift from the models we
+// ship or from the SDK. It is not compiled in this repository's CI (no Swift toolchain on Linux for
+// UIKit/Vision): build it in Xcode.
 //
 // Letterbox yourself: Vision's `.scaleFit` keeps the aspect ratio but pads and resizes its own way
 // (not the grey 114, centred, bilinear letterbox the detector was trained and checked with), so the
@@ -27,9 +31,6 @@ enum Shoplens {
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
     static let confidenceThreshold: Float = 0.25                      // manifest: yolov8n detector.conf_threshold
     static let padValue: CGFloat = 114                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.pad_value
-    static let maxObjects = 3                                         // sdk: FlowOptions.max_objects
-    static let minBoxFraction: CGFloat = 0.01                         // sdk: FlowOptions.min_box_fraction (of the photo area)
-    static let ignoredLabel = "person"                                // manifest: yolov8n detector.class_names[0]
 
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out
     static let embedderFile = "embedder_int8.mlpackage"               // manifest: resnet50v2-s3-256/embedder_int8.mlpackage file
@@ -38,8 +39,38 @@ enum Shoplens {
     static let embeddingOutput = "embedding"                          // manifest: resnet50v2-s3-256/embedder_int8.mlpackage outputs[0].name
     static let embeddingDim = 256                                     // manifest: resnet50v2-s3-256 embedder.dim
     static let modelId = "resnet50v2-imagenet-s3-256d-ced8baa4ce1e"   // manifest: resnet50v2-s3-256 embedder.model_id
-    static let cropMargin: CGFloat = 0.10                             // sdk: FlowOptions.crop_margin (of the box size, each side)
     static let topK = 5                                               // sdk: DeviceRuntime.search top_k
+}
+
+/// The detector manifest's object-choice rule (`detector.object_choice`), read at run time:
+/// drop boxes of an ignored label or under `minBoxFraction` of the photo, rank by score x area, keep
+/// `maxObjects`, crop each with `cropMargin` of its size per side; search the whole photo too when
+/// `searchWholePhoto`, and always when no box is left.
+struct ObjectChoice: Decodable {
+    let minBoxFraction: CGFloat
+    let maxObjects: Int
+    let cropMargin: CGFloat
+    let ignoreLabels: [String]
+    let searchWholePhoto: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case minBoxFraction = "min_box_fraction", maxObjects = "max_objects", cropMargin = "crop_margin"
+        case ignoreLabels = "ignore_labels", searchWholePhoto = "search_whole_photo"
+    }
+
+    private struct Manifest: Decodable {
+        struct Detector: Decodable {
+            let objectChoice: ObjectChoice
+            enum CodingKeys: String, CodingKey { case objectChoice = "object_choice" }
+        }
+        let detector: Detector
+    }
+
+    /// `url`: the detector bundle's manifest.json, e.g.
+    /// `Bundle.main.url(forResource: "yolov8n.manifest", withExtension: "json")!`.
+    static func load(detectorManifest url: URL) throws -> ObjectChoice {
+        try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: url)).detector.objectChoice
+    }
 }
 
 /// Letterbox: scale to fit 640 x 640 keeping the aspect ratio, centre, pad grey 114 (ultralytics' rule).
@@ -60,8 +91,9 @@ func letterbox(_ image: CGImage) -> (CGImage, CGFloat, CGFloat, CGFloat)? {
     return (out, gain, padX, padY)
 }
 
-/// Boxes of the products in the photo, largest-and-surest first (score x area), in photo pixels (origin top-left).
-func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = Shoplens.maxObjects) throws -> [CGRect] {
+/// The regions to search, in photo pixels (origin top-left): the chosen boxes, largest-and-surest first
+/// (score x area), then the whole photo when the rule searches it too or when no box is left.
+func detectProducts(in image: CGImage, detector: MLModel, choice: ObjectChoice) throws -> [CGRect] {
     let whole = CGRect(x: 0, y: 0, width: CGFloat(image.width), height: CGFloat(image.height))
     guard let boxed = letterbox(image) else { return [whole] }
     let (input, gain, padX, padY) = boxed
@@ -72,7 +104,7 @@ func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = Shop
     let photoArea = whole.width * whole.height
     let found: [(CGRect, Float)] = (request.results as? [VNRecognizedObjectObservation] ?? [])
         .filter { $0.confidence > VNConfidence(Shoplens.confidenceThreshold) }  // strictly above, as the SDK
-        .filter { $0.labels.first?.identifier != Shoplens.ignoredLabel }  // the shopper's hand is never the product
+        .filter { !choice.ignoreLabels.contains($0.labels.first?.identifier ?? "") }  // e.g. the shopper's hand is never the product
         .map { obs in
             // Vision's box: normalised to the 640 x 640 input, origin bottom-left -> undo the letterbox
             let b = obs.boundingBox
@@ -80,15 +112,15 @@ func detectProducts(in image: CGImage, detector: MLModel, maxObjects: Int = Shop
             let y1 = ((1 - b.maxY) * s - padY) / gain, y2 = ((1 - b.minY) * s - padY) / gain
             return (CGRect(x: x1, y: y1, width: x2 - x1, height: y2 - y1).intersection(whole), obs.confidence)
         }
-        .filter { $0.0.width * $0.0.height >= Shoplens.minBoxFraction * photoArea }
+        .filter { $0.0.width * $0.0.height >= choice.minBoxFraction * photoArea }
         .sorted { $0.1 * Float($0.0.width * $0.0.height) > $1.1 * Float($1.0.width * $1.0.height) }
-    let boxes = found.prefix(maxObjects).map { $0.0 }
-    return boxes.isEmpty ? [whole] : Array(boxes)  // no product found: the whole photo
+    let boxes = Array(found.prefix(choice.maxObjects).map { $0.0 })
+    return boxes.isEmpty || choice.searchWholePhoto ? boxes + [whole] : boxes  // the whole photo last (no margin: it is clipped away)
 }
 
-/// Crop a box (photo pixels, origin top-left) with the margin on each side: floor / ceil, clipped to the photo.
-func crop(_ image: CGImage, to box: CGRect) -> CGImage? {
-    let mx = box.width * Shoplens.cropMargin, my = box.height * Shoplens.cropMargin
+/// Crop a box (photo pixels, origin top-left) with the rule's margin on each side: floor / ceil, clipped to the photo.
+func crop(_ image: CGImage, to box: CGRect, choice: ObjectChoice) -> CGImage? {
+    let mx = box.width * choice.cropMargin, my = box.height * choice.cropMargin
     let left = max(0, (box.minX - mx).rounded(.down)), top = max(0, (box.minY - my).rounded(.down))
     let right = min(CGFloat(image.width), (box.maxX + mx).rounded(.up)), bottom = min(CGFloat(image.height), (box.maxY + my).rounded(.up))
     return image.cropping(to: CGRect(x: left, y: top, width: right - left, height: bottom - top))
@@ -124,6 +156,14 @@ func encodeI8(_ v: [Float]) -> String {
     let peak = unit.map { abs($0) }.max() ?? 1
     let q = unit.map { Int8(max(-127, min(127, ($0 * 127 / peak).rounded(.toNearestOrEven)))) }
     return Data(q.map { UInt8(bitPattern: $0) }).base64EncodedString()
+}
+
+/// The photo's answer: every object's results merged per product, best score wins (the SDK's fuse_hits);
+/// `results`: the `hits` of each entry of the batch response's `results`, as (product_id, score).
+func bestMatches(_ results: [[(productId: String, score: Double)]]) -> [(productId: String, score: Double)] {
+    var best: [String: Double] = [:]
+    for hits in results { for hit in hits where hit.score > (best[hit.productId] ?? -Double.infinity) { best[hit.productId] = hit.score } }
+    return best.map { (productId: $0.key, score: $0.value) }.sorted { $0.score > $1.score }
 }
 
 /// One request for every object in the photo; only vectors leave the phone.

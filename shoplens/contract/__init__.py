@@ -23,6 +23,7 @@ from shoplens.contract.manifest import (
     DetectorSpec,
     EmbedderSpec,
     InputSpec,
+    ObjectChoice,
     OutputRole,
     OutputSpec,
     Precision,

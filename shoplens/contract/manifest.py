@@ -27,8 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shoplens.contract.errors import ManifestError
 from shoplens.contract.model_id import MODEL_ID_PATTERN, compute_model_id, sha256_file
+from shoplens.contract.schemas import MAX_BATCH_VECTORS
 
 SCHEMA_VERSION = 1
+#: most boxes one photo may search: one batch request holds them and the whole photo
+MAX_OBJECTS = MAX_BATCH_VECTORS - 1
 MANIFEST_FILENAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -149,8 +152,35 @@ class BoxFormat(str, Enum):
     XYXY = "xyxy"
 
 
+class ObjectChoice(_Strict):
+    """Which detections a device searches and how it crops them: the one object-choice rule.
+
+    Why it lives in the detector's manifest: what a box means depends on the detector (COCO's
+    ``person`` is the shopper's hand, not a product; how large a box must be to be the product
+    depends on what the classes cover), so the rule travels with the detector, and the SDK,
+    ``shoplens search``, ``shoplens index``, the demo, the browser page and the Swift/Kotlin
+    samples all read these keys instead of carrying constants of their own. A manifest written
+    before the rule existed gets these defaults, which ``benchmarks/detector_flow.py`` chose on
+    the Grocery Store val photos (see docs/benchmarks.md).
+
+    The rule: drop boxes whose label is in ``ignore_labels`` or whose area is under
+    ``min_box_fraction`` of the photo; rank the rest by score x area; keep the first
+    ``max_objects``; crop each with ``crop_margin`` of its size on each side. The whole photo is
+    searched too when ``search_whole_photo`` (its results and the crops' are merged per product,
+    best score wins), and always when no box is left.
+    """
+
+    min_box_fraction: float = Field(default=0.01, ge=0, le=1, description="ignore boxes smaller than this share of the photo area")
+    max_objects: int = Field(default=4, ge=1, le=MAX_OBJECTS,
+                             description="boxes searched per photo (one batch request; one slot is kept for the whole photo)")
+    crop_margin: float = Field(default=0.10, ge=0, le=1, description="added on each side of a box, as a share of its width / height")
+    ignore_labels: list[str] = Field(default_factory=lambda: ["person"], description="class names that are never the product")
+    search_whole_photo: bool = Field(default=True, description="also search the whole photo and merge its results with the crops' per product")
+
+
 class DetectorSpec(_Strict):
-    """How to decode detections: box convention, label names, default thresholds."""
+    """How to decode detections: box convention, label names, default thresholds, and which
+    boxes a device searches (``object_choice``)."""
 
     class_names: list[str] = Field(min_length=1)
     box_format: BoxFormat = BoxFormat.XYWH_CENTER
@@ -158,6 +188,7 @@ class DetectorSpec(_Strict):
     conf_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
     max_detections: int = Field(default=300, gt=0)
+    object_choice: ObjectChoice = Field(default_factory=ObjectChoice)
 
 
 class EmbedderSpec(_Strict):

@@ -64,7 +64,8 @@ def test_report_shows_iconic_thumbnails_for_hits_without_image_url(tmp_path: Pat
     photo = _jpeg(tmp_path / "query.jpg", (50, 50), (20, 180, 30))
     hits = [{"product_id": "Granny-Smith", "title": "Granny-Smith", "score": 0.9, "image_url": ""},
             {"product_id": "Oatly-Oat-Milk", "title": "Oatly-Oat-Milk", "score": 0.4, "image_url": ""}]
-    outcome = QueryOutcome(photo, "Granny-Smith", hits, None, "", 0.0, "whole_image", {}, 1024, photo.stat().st_size)
+    whole = {"label": "whole photo", "score": 0.0, "box": (0.0, 0.0, 50.0, 50.0), "source": "whole_image", "hits": hits}
+    outcome = QueryOutcome(photo, "Granny-Smith", hits, [whole], {}, 1024, photo.stat().st_size)
     summary = DemoSummary(queries=1, recall_at_1=1.0, recall_at_5=1.0, catalog_images=2, products=2, index_seconds=0.1, query_seconds=0.1, model_id="m-8d-0123456789ab")
     out = tmp_path / "demo_report.html"
     write_report(out, summary, [outcome], demo_thumbnails(data))

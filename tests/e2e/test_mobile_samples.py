@@ -1,10 +1,12 @@
 """The Swift and Kotlin samples, the mobile README and the /app page agree with the manifests and the SDK.
 
 Checked: every literal constant of a sample is marked with the manifest field (`// manifest:`) or the
-SDK default (`// sdk:`) it must equal and does; the rules the samples implement (letterbox vs stretch,
-strict thresholds, class-aware NMS, min box, crop rounding, i8 encoding, the request body) as text;
-every flow number of mobile_assets/README.md; the page's flow options. The samples are not compiled
-here (no Swift toolchain for UIKit/Vision, no Android SDK on this Linux machine).
+SDK default (`// sdk:`) it must equal and does; the object-choice rule is read from the detector
+manifest's `object_choice` keys at run time by both samples and the page, never written as a constant;
+the rules the samples implement (letterbox vs stretch, strict thresholds, class-aware NMS, object
+choice, crop rounding, i8 encoding, the request body) as text; every flow number of
+mobile_assets/README.md. The samples are not compiled here (no Swift toolchain for UIKit/Vision, no
+Android SDK on this Linux machine).
 """
 
 from __future__ import annotations
@@ -109,7 +111,29 @@ def test_every_constant_is_checked(sample: Path) -> None:
             expected = _sdk_value(sdk.group("ref"))
             got = _value(m.group("value"))
             assert float(expected) == pytest.approx(got), f"{sample.name}: {m.group('name')} = {got}, the SDK's {sdk.group('ref')} is {expected}"  # type: ignore[arg-type]
-    assert seen >= 15, f"{sample.name}: only {seen} constants found; did the declaration style change?"
+    assert seen >= 12, f"{sample.name}: only {seen} constants found; did the declaration style change?"
+
+
+#: a constant with one of these in its name would be a copy of the manifest's object-choice rule
+RULE_CONSTANT = re.compile(r"(?i)min_?box|max_?objects|crop_?margin|ignor|whole")
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_samples_read_the_object_choice_from_the_manifest(sample: Path) -> None:
+    """The rule is not the sample's: it reads every ObjectChoice key of the detector manifest and
+    holds no constant of its own for any of them (the shipped manifest carries all the keys)."""
+    from shoplens.contract.manifest import ObjectChoice
+
+    text = sample.read_text()
+    code = "\n".join(ln.split("//")[0] for ln in text.splitlines())
+    shipped = json.loads((ROOT / "mobile_assets" / "yolov8n" / "manifest.json").read_text())["detector"]["object_choice"]
+    assert set(shipped) == set(ObjectChoice.model_fields), "the shipped detector manifest must spell out the whole rule"
+    assert '"object_choice"' in code
+    for key in ObjectChoice.model_fields:
+        assert f'"{key}"' in code, f"{sample.name} does not read detector.object_choice.{key}"
+    for line in text.splitlines():
+        m = CONST_DECL.match(line)
+        assert not (m and RULE_CONSTANT.search(m.group("name"))), f"{sample.name} hard-codes the rule: {line.strip()}"
 
 
 def test_sample_rules_match_the_sdk() -> None:
@@ -118,7 +142,6 @@ def test_sample_rules_match_the_sdk() -> None:
     emb = load_manifest(ROOT / "mobile_assets" / "resnet50v2-s3-256")
     assert det.detector is not None and emb.embedder is not None
     assert det.artifact("tflite").input.resize.value == "letterbox" and emb.artifact("tflite").input.resize.value == "stretch"
-    assert det.detector.class_names.index("person") == 0  # IGNORED_CLASS in the Kotlin sample
     swift = (ROOT / "samples/ios/ShoplensSearch.swift").read_text()
     kotlin = (ROOT / "samples/android/ShoplensSearch.kt").read_text()
     code = {name: "\n".join(ln.split("//")[0] for ln in text.splitlines()) for name, text in (("swift", swift), ("kotlin", kotlin))}
@@ -130,9 +153,15 @@ def test_sample_rules_match_the_sdk() -> None:
     assert "$0.confidence > VNConfidence(Shoplens.confidenceThreshold)" in code["swift"]
     assert "score <= Shoplens.CONF_THRESHOLD) return@mapNotNull null" in code["kotlin"]
     assert "iou(it, b) > Shoplens.IOU_THRESHOLD" in code["kotlin"] and "it.cls == b.cls" in code["kotlin"]  # class-aware NMS
-    # objects: person ignored, min box of the photo area, ranked by score x area, top max_objects, whole photo otherwise
-    assert ">= Shoplens.minBoxFraction * photoArea" in code["swift"] and "it.area >= Shoplens.MIN_BOX_FRACTION * photoArea" in code["kotlin"]
-    assert "sortedByDescending { it.score * it.area }.take(maxObjects)" in code["kotlin"]
+    # objects (the manifest's rule): ignored labels, min box of the photo area, ranked by score x area, top
+    # max_objects, then the whole photo when the rule searches it too or no box is left; answer merged per product
+    assert "!choice.ignoreLabels.contains(" in code["swift"] and "it.cls !in choice.ignoredClasses" in code["kotlin"]
+    assert ">= choice.minBoxFraction * photoArea" in code["swift"] and "it.area >= choice.minBoxFraction * photoArea" in code["kotlin"]
+    assert "found.prefix(choice.maxObjects)" in code["swift"] and "sortedByDescending { it.score * it.area }.take(choice.maxObjects)" in code["kotlin"]
+    assert "boxes.isEmpty || choice.searchWholePhoto ? boxes + [whole] : boxes" in code["swift"]
+    assert "if (boxes.isEmpty() || choice.searchWholePhoto) boxes + whole else boxes" in code["kotlin"]
+    assert "box.width * choice.cropMargin" in code["swift"] and "(box.x2 - box.x1) * choice.cropMargin" in code["kotlin"]
+    assert "func bestMatches(" in code["swift"] and "fun bestMatches(" in code["kotlin"]
     # crops: margin on each side, floor / ceil, clipped
     assert ".rounded(.down)" in code["swift"] and ".rounded(.up)" in code["swift"]
     assert "floor(box.x1 - mx)" in code["kotlin"] and "ceil(box.x2 + mx)" in code["kotlin"]
@@ -155,21 +184,20 @@ def test_sample_rules_match_the_sdk() -> None:
 
 
 def test_mobile_readme_numbers_match() -> None:
-    """Every number mobile_assets/README.md states about the flow is the manifests' or the SDK's."""
-    from shoplens.sdk.runtime import FlowOptions
-
+    """Every number mobile_assets/README.md states about the flow is the manifests'."""
     text = (ROOT / "mobile_assets" / "README.md").read_text()
     det = load_manifest(ROOT / "mobile_assets" / "yolov8n")
     emb = load_manifest(ROOT / "mobile_assets" / "resnet50v2-s3-256")
-    opts = FlowOptions()
+    choice = det.detector.object_choice  # type: ignore[union-attr]
     d_in, e_in = det.artifact("tflite").input, emb.artifact("tflite").input
     expected = [
         f"letterbox to {d_in.width} x {d_in.height}",
         f"score > {det.detector.conf_threshold}",  # type: ignore[union-attr]
         f"IoU {det.detector.iou_threshold}",  # type: ignore[union-attr]
-        f"under {opts.min_box_fraction:.0%} of the photo",
-        f"the top {opts.max_objects} boxes",
-        f"{opts.crop_margin:.0%} margin",
+        f"under {choice.min_box_fraction:.0%} of the photo",
+        f"the top {choice.max_objects} boxes",
+        f"{choice.crop_margin:.0%} margin",
+        "`detector.object_choice`",
         f"stretch to {e_in.width} x {e_in.height}",
         f"grey {d_in.pad_value}",
         f"base64 of the {emb.embedder.dim} bytes ({4 * ((emb.embedder.dim + 2) // 3)} characters)",  # type: ignore[union-attr]
@@ -180,19 +208,21 @@ def test_mobile_readme_numbers_match() -> None:
     for phrase in expected:
         assert phrase in text, f"mobile_assets/README.md should say {phrase!r}"
     for pct in re.findall(r"(\d+)% of the photo\b", text):
-        assert float(pct) / 100 == opts.min_box_fraction, f"README says {pct}% of the photo; the SDK's min_box_fraction is {opts.min_box_fraction}"
+        assert float(pct) / 100 == choice.min_box_fraction, f"README says {pct}% of the photo; the manifest's min_box_fraction is {choice.min_box_fraction}"
     assert ".scaleFit` letterboxes" not in text
 
 
 def test_browser_page_flow_matches_the_sdk() -> None:
-    """The /app page's flow options (cloud/static/app/flow.js) are the SDK's FlowOptions defaults."""
+    """The /app page (cloud/static/app/) reads the object-choice rule from the detector manifest it is
+    served, and its one flow option of its own is the SDK's FlowOptions default."""
+    from shoplens.contract.manifest import ObjectChoice
     from shoplens.sdk.runtime import FlowOptions
 
     js = (ROOT / "cloud" / "static" / "app" / "flow.js").read_text()
-    opts = FlowOptions()
+    app = (ROOT / "cloud" / "static" / "app" / "app.js").read_text()
     found = dict(re.findall(r"^\s*(\w+):\s*([^,]+),\s*//\s*FlowOptions\.\w+", js, flags=re.M))
-    assert float(found["maxObjects"]) == opts.max_objects
-    assert float(found["cropMargin"]) == opts.crop_margin
-    assert float(found["minBoxFraction"]) == opts.min_box_fraction
-    assert json.loads(found["ignoreLabels"]) == list(opts.ignore_labels)
-    assert json.loads(found["encoding"]) == opts.encoding.value
+    assert set(found) == {"encoding"}, f"the page's own flow options: {sorted(found)}; the object choice is the manifest's"
+    assert json.loads(found["encoding"]) == FlowOptions().encoding.value
+    assert "state.detector.manifest.detector.object_choice" in app
+    for key in ObjectChoice.model_fields:
+        assert f"choice.{key}" in js + app, f"the page does not read detector.object_choice.{key}"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from shoplens.contract.errors import ManifestError
-from shoplens.contract.manifest import load_manifest
+from shoplens.contract.manifest import ObjectChoice, load_manifest
 from shoplens.sdk.images import ImageError, load_rgb
 from shoplens.sdk.runtime import DeviceRuntime, Embedder, FlowOptions, crop_with_margin
 
@@ -106,16 +106,16 @@ def test_choose_objects_ranks_by_score_times_area_and_skips_people() -> None:
     boxes = np.array([[0, 0, 50, 50], [0, 0, 90, 90], [0, 0, 100, 100], [0, 0, 5, 5]], np.float32)
     dets = Detections(boxes, np.array([0.9, 0.5, 0.99, 0.9], np.float32), np.array([1, 2, 0, 3]))
     names = ["person", "apple", "orange", "bottle"]
-    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.01), names) == [1, 0]
-    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.5), names) == [1]
-    assert choose_objects(dets, 100 * 100, FlowOptions(max_objects=3, min_box_fraction=0.0, ignore_labels=()), names) == [2, 1, 0]
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.01), names) == [1, 0]
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.5), names) == [1]
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.0, ignore_labels=[]), names) == [2, 1, 0]
 
 
 @pytest.mark.slow
 def test_shipped_bundles_run_the_whole_flow(coco8_dir: Path, grocery_dir: Path) -> None:
     """mobile_assets/ as a phone gets it: the detector finds real objects, the embedder gives the bundle's model id."""
     root = Path(__file__).resolve().parents[2] / "mobile_assets"
-    rt = DeviceRuntime.from_bundle(root, options=FlowOptions(max_objects=5, min_box_fraction=0.0, ignore_labels=()))
+    rt = DeviceRuntime.from_bundle(root, options=FlowOptions(max_objects=5, min_box_fraction=0.0, ignore_labels=(), search_whole_photo=False))
     assert rt.detector is not None and rt.embedder.dim == 256
     photo = coco8_dir / "images" / "val" / "000000000036.jpg"  # a person with an umbrella
     res = rt.process(photo)

@@ -53,6 +53,7 @@ export async function processPhoto(blob) {
   const { img, bitmap } = await decodePhoto(blob);
   const timings = { decode: performance.now() - t0 };
   let regions = [];
+  const choice = state.detector ? state.detector.manifest.detector.object_choice : null;
   if (state.detector) {
     const t = performance.now();
     const spec = state.detector.artifact.input;
@@ -60,13 +61,14 @@ export async function processPhoto(blob) {
     const out = await run(state.detector, encodePixels(fitted, spec));
     const dets = decodeYolo(out.data, out.shape, geo, state.detector.manifest.detector, state.detector.artifact.outputs[0]);
     timings.detect = performance.now() - t;
-    regions = chooseObjects(dets, img.width * img.height).map((d) => ({ ...d, source: "detector" }));
+    regions = chooseObjects(dets, img.width * img.height, choice).map((d) => ({ ...d, source: "detector" }));
   }
-  if (!regions.length) regions = [{ box: [0, 0, img.width, img.height], label: "", score: 0, source: "whole_image" }];
+  // the whole photo: searched too when the rule says so, and always when no box is left
+  if (!regions.length || (choice && choice.search_whole_photo)) regions.push({ box: [0, 0, img.width, img.height], label: "", score: 0, source: "whole_image" });
   const t = performance.now();
   const objects = [];
   for (const r of regions) {
-    const crop = r.source === "whole_image" ? img : cropWithMargin(img, r.box, FLOW.cropMargin);
+    const crop = r.source === "whole_image" ? img : cropWithMargin(img, r.box, choice.crop_margin);
     const vector = await embed(crop);
     objects.push({ ...r, vector, encoded: encodeI8(vector) });
   }

@@ -1,13 +1,9 @@
 // The phone's flow, in the browser: the same arithmetic as the Python SDK (shoplens.sdk), step by step.
-// Every model fact (sizes, resize rule, scaling, thresholds, class names, model id) comes from the
-// bundle manifests served at /app/models.json; the flow options below are the SDK's FlowOptions
-// defaults (tests/e2e/test_mobile_samples.py checks them against shoplens.sdk.runtime.FlowOptions).
+// Every model fact (sizes, resize rule, scaling, thresholds, class names, model id) and the
+// object-choice rule (the detector manifest's detector.object_choice: min box, max objects, crop
+// margin, ignored labels, whole photo) come from the bundle manifests served at /app/models.json.
 
 export const FLOW = {
-  maxObjects: 3, // FlowOptions.max_objects
-  cropMargin: 0.10, // FlowOptions.crop_margin: of the box size, on each side
-  minBoxFraction: 0.01, // FlowOptions.min_box_fraction: of the photo area
-  ignoreLabels: ["person"], // FlowOptions.ignore_labels: the shopper's hand is never the product
   encoding: "i8", // FlowOptions.encoding
 };
 
@@ -249,12 +245,13 @@ export function decodeYolo(raw, shape, geo, det, outputSpec) {
 
 // ---- choosing, cropping, encoding (shoplens.sdk.runtime, shoplens.contract.codecs) -----------
 
-export function chooseObjects(dets, imageArea, flow = FLOW) {
+// choice: the detector manifest's object_choice (shoplens.sdk.runtime.choose_objects / plan_regions)
+export function chooseObjects(dets, imageArea, choice) {
   const ranked = dets
     .map((d, i) => ({ d, i, area: f32(f32(d.box[2] - d.box[0]) * f32(d.box[3] - d.box[1])) }))
-    .filter(({ d, area }) => area >= flow.minBoxFraction * imageArea && !flow.ignoreLabels.includes(d.label))
+    .filter(({ d, area }) => area >= choice.min_box_fraction * imageArea && !choice.ignore_labels.includes(d.label))
     .sort((a, b) => (b.d.score * b.area) - (a.d.score * a.area) || a.i - b.i);
-  return ranked.slice(0, flow.maxObjects).map(({ d }) => d);
+  return ranked.slice(0, choice.max_objects).map(({ d }) => d);
 }
 
 export function cropWithMargin(img, box, margin) {
