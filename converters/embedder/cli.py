@@ -172,6 +172,10 @@ train_cmd.__signature__ = inspect.Signature(_train_options())  # type: ignore[at
 train_cmd.__annotations__ = {p.name: p.annotation for p in train_cmd.__signature__.parameters.values()}  # type: ignore[attr-defined]
 embedder_app.command("train")(train_cmd)
 
+from shoplens.converters.embedder.adapt_cli import adapt_cmd  # noqa: E402  (imports typer and the stdlib only: --help stays fast)
+
+embedder_app.command("adapt")(adapt_cmd)
+
 
 @embedder_app.command("eval")
 def eval_cmd(

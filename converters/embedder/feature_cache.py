@@ -14,10 +14,11 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -32,9 +33,18 @@ class View:
     index: int  # 0 = clean resize, >0 = seeded augmentation
 
 
+#: draws an augmented view (index > 0) of a sample's image from the view's own seeded rng
+Render = Callable[[View, Image.Image, int, random.Random], np.ndarray]
+
+
+def consumer_view(view: View, image: Image.Image, size: int, rng: random.Random) -> np.ndarray:
+    """The trainer's augmentation: a catalog image or shelf photo reframed and relit like a phone crop."""
+    return consumer_augment(image, size, rng)
+
+
 class _ViewImages(torch.utils.data.Dataset):
-    def __init__(self, views: list[View], size: int, seed: int) -> None:
-        self.views, self.size, self.seed = views, size, seed
+    def __init__(self, views: list[View], size: int, seed: int, render: Render) -> None:
+        self.views, self.size, self.seed, self.render = views, size, seed, render
 
     def __len__(self) -> int:
         return len(self.views)
@@ -46,12 +56,16 @@ class _ViewImages(torch.utils.data.Dataset):
         # seeded by the file and view index, so a view is the same picture in every run and worker
         key = f"{self.seed}:{v.sample.path.name}:{v.index}".encode()
         rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-        return consumer_augment(open_upright(v.sample.path), self.size, rng)
+        return self.render(v, open_upright(v.sample.path), self.size, rng)
 
 
 @torch.no_grad()
-def frozen_features(frozen: nn.Module, model: Embedder, views: list[View], size: int, seed: int, path: Path, desc: str) -> np.ndarray:
-    """[N, C, H, W] fp16 outputs of the frozen layers for ``views``, memmapped at ``path`` (reused if complete)."""
+def frozen_features(frozen: nn.Module, model: Embedder, views: list[View], size: int, seed: int, path: Path, desc: str,
+                    render: Render = consumer_view) -> np.ndarray:
+    """[N, C, H, W] fp16 outputs of the frozen layers for ``views``, memmapped at ``path`` (reused if complete).
+
+    ``render`` draws the augmented views; a cache file holds one renderer's views, so its
+    name must say which (``cache_key``'s label)."""
     done = path.with_suffix(".json")
     if done.is_file():
         meta = json.loads(done.read_text())
@@ -60,7 +74,7 @@ def frozen_features(frozen: nn.Module, model: Embedder, views: list[View], size:
     shape = (len(views), *probe.shape[1:])
     path.parent.mkdir(parents=True, exist_ok=True)
     mm = np.memmap(path, dtype=np.float16, mode="w+", shape=shape)
-    loader = torch.utils.data.DataLoader(_ViewImages(views, size, seed), batch_size=32, num_workers=1)
+    loader = torch.utils.data.DataLoader(_ViewImages(views, size, seed, render), batch_size=32, num_workers=1)
     i = 0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = model.normalise_nchw(batch.permute(0, 3, 1, 2))
