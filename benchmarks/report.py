@@ -155,6 +155,9 @@ CHARTS: dict[str, Chart] = {
                       caption="Shelf photo -> iconic image recall@1: all products, and products the model never saw in training."),
     "embedder_holdout": Chart("bars", ("recipe", "split"), (("unseen_photo_iconic_r@1", "unseen_train_photo_iconic_r@1"),),
                               caption="Recall@1 on held-out (new) products, val and train-split photos, per recipe and split."),
+    "embedder_transfer": Chart("bars", ("model", "split"), (("new_val_r@1", "sightings_k5_r@1"), ("seen_val_r@1",)),
+                               caption="Products held out of the base training: their val photos against the 81 iconic images (new_val), with 5 "
+                                       "promoted sightings each (sightings_k5), and the trained products' val photos (seen), per model and split."),
     "http_overhead": Chart("bars", ("variant",), (("bare_p50_ms", "http_p50_ms", "http_p99_ms"), ("http_qps_8",)),
                            caption="Search latency straight to Milvus (bare) and through the service, and 8-client throughput, per server variant."),
     "load": Chart("bars", ("kind",), (("p50_ms", "p99_ms"),),

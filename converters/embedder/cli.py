@@ -21,7 +21,7 @@ from rich.table import Table
 from shoplens.converters.embedder.train_config import TrainConfig, field_defaults
 
 console = Console()
-embedder_app = typer.Typer(help="Build the product embedder: fit a PCA head, fine-tune on a catalog, evaluate retrieval.", no_args_is_help=True)
+embedder_app = typer.Typer(help="Build the product embedder: fit a PCA head, fine-tune on a catalog, adapt a bundle to new products from their catalog images, evaluate retrieval.", no_args_is_help=True)
 
 _DEFAULTS = field_defaults()  # fit-head shares the trainer's trunk, size and dimension defaults
 
