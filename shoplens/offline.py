@@ -15,6 +15,9 @@ from pathlib import Path
 from shoplens.settings import get_settings
 
 _FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
+#: ultralytics settings turned off: analytics sync, and the training integrations that report to a service
+#: (or, for Ray Tune, import ray and warn outside a Tune session: ``shoplens[ray]`` installs ray)
+_OFF_SETTINGS = ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "wandb")
 
 
 def _find_any_ttf() -> Path | None:
@@ -58,12 +61,12 @@ def prepare_ultralytics() -> Path:
             data = json.loads(settings_file.read_text())
         except (OSError, json.JSONDecodeError):
             data = {}
-    if data.get("sync") is not False:
-        data["sync"] = False
+    if any(data.get(key) is not False for key in _OFF_SETTINGS):
+        data.update(dict.fromkeys(_OFF_SETTINGS, False))
         settings_file.write_text(json.dumps(data, indent=2))
     if "ultralytics" in __import__("sys").modules:  # already imported: flip the live settings too
         from ultralytics.utils import SETTINGS
 
-        if SETTINGS.get("sync"):
-            SETTINGS.update({"sync": False})
+        if any(SETTINGS.get(key) for key in _OFF_SETTINGS):
+            SETTINGS.update(dict.fromkeys(_OFF_SETTINGS, False))
     return cfg

@@ -1,4 +1,4 @@
-"""``shoplens convert detector``: YOLO checkpoint -> TFLite / CoreML bundle with a parity gate.
+"""``shoplens convert detector``: YOLO checkpoint -> TFLite / CoreML bundle with a parity gate (``shoplens detector train``: train_cli.py).
 
 Heavy imports happen inside the command so ``shoplens --help`` stays fast.
 Exit codes: 0 all artifacts passed the gate; 1 at least one failed (it stays
@@ -109,5 +109,8 @@ def detector_command(
 
 
 def register(convert_app: typer.Typer, root_app: typer.Typer) -> None:
-    """Mount ``shoplens convert detector`` (``root_app`` is unused: the detector has no other commands)."""
+    """Mount ``shoplens convert detector`` and ``shoplens detector train`` (train_cli.py)."""
+    from shoplens.converters.detector.train_cli import detector_app
+
     convert_app.command("detector")(detector_command)
+    root_app.add_typer(detector_app, name="detector")

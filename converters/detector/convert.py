@@ -71,13 +71,24 @@ class DetectorConvertOptions:
     name: str | None = None
 
 
-def default_eval_dirs() -> tuple[list[Path], list[Path]]:
-    """coco8 (labelled) and Grocery Store val photos (products in scenes), when they are on this machine."""
+#: a checkpoint with this many classes is taken for a COCO detector, whose class ids coco8's labels use
+COCO_CLASSES = 80
+
+
+def default_eval_dirs(class_names: list[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """coco8 and Grocery Store val photos (products in scenes), when they are on this machine.
+
+    coco8's labels are COCO class ids: they score mAP50 only for a COCO detector. For any other
+    class list (the one-class "product" detector of ``shoplens detector train``) coco8's photos
+    join the unlabelled agreement photos; pass ``--eval-labelled`` with the model's own
+    labelled photos (its val scenes) for an mAP50.
+    """
     labelled: list[Path] = []
+    extra: list[Path] = []
     scene = find_dataset("scene_photos").path
     if scene is not None and (scene / "coco8" / "images").is_dir():
-        labelled.append(scene / "coco8" / "images")
-    extra: list[Path] = []
+        coco = class_names is None or len(class_names) == COCO_CLASSES
+        (labelled if coco else extra).append(scene / "coco8" / "images")
     grocery = grocery_store().path
     if grocery is not None and (grocery / "dataset" / "val").is_dir():
         extra.append(grocery / "dataset" / "val")
@@ -116,7 +127,7 @@ def convert_detector(opts: DetectorConvertOptions) -> ConvertResult:
     bundle.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(bundle, opts, ref, boxes_normalized)
 
-    labelled, extra = (opts.eval_labelled, opts.eval_extra) if (opts.eval_labelled or opts.eval_extra) else default_eval_dirs()
+    labelled, extra = (opts.eval_labelled, opts.eval_extra) if (opts.eval_labelled or opts.eval_extra) else default_eval_dirs(ref.class_names)
     evalset = load_eval_set(labelled, extra, opts.eval_extra_max)
     parity = ParityRun(evalset, TorchPredictor(ref, opts.imgsz), opts.conf, opts.iou, opts.score_tolerance)
     calib_dirs = opts.calib or default_calib_dirs()
@@ -164,7 +175,8 @@ def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetect
 
     The detector section carries the object-choice rule (``object_choice``): the defaults the
     benchmark chose for a new bundle, or the rule an existing bundle's manifest already holds
-    (someone tuned it for these weights; reconverting must not reset it).
+    (someone tuned it for these weights; reconverting must not reset it). A new bundle ignores
+    only labels its detector has (a one-class "product" model has no "person" to ignore).
     """
     source = SourceSpec(name=ref.weights.stem, weights=ref.weights.name, weights_sha256=ref.weights_sha256)
     detector = DetectorSpec(
@@ -175,6 +187,7 @@ def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetect
         iou_threshold=opts.iou,
         max_detections=opts.max_det,
     )
+    detector.object_choice.ignore_labels = [label for label in detector.object_choice.ignore_labels if label in ref.class_names]
     if (bundle / "manifest.json").is_file():
         try:
             old = load_manifest(bundle)

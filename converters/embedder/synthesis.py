@@ -17,6 +17,10 @@ is a scene built from the catalog image:
 
 Every random choice comes from the ``random.Random`` passed in, so a view is the
 same picture in every run (the frozen-feature cache depends on that).
+
+The detector's training scenes (``shoplens.converters.detector.scenes``) are built
+from the same parts: ``cut_out``, ``perspective``, ``procedural_shelf``, ``hand_layer``
+and ``shop_camera``; one definition each, so the two trainers see the same shop.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-__all__ = ["SceneSource", "cut_out", "synthesise_view"]
+__all__ = ["SceneSource", "cut_out", "hand_layer", "perspective", "procedural_shelf", "shop_camera", "synthesise_view"]
 
 
 def cut_out(im: Image.Image, *, tolerance: float = 28.0, feather: float = 1.5) -> Image.Image:
@@ -62,20 +66,24 @@ class SceneSource:
     neighbours: list[Image.Image]  # RGBA cut-outs of other catalog products
 
 
-def _procedural_shelf(size: int, rng: random.Random) -> Image.Image:
-    """Horizontal bands (shelf edges, back wall) in muted shop colours with a light gradient."""
-    im = Image.new("RGB", (size, size))
+def procedural_shelf(size: int, rng: random.Random, height: int | None = None) -> Image.Image:
+    """Horizontal bands (shelf edges, back wall) in muted shop colours with a light gradient.
+
+    ``size`` wide, ``height`` high (square when None). The detector's scenes use it too
+    (``shoplens.converters.detector.scenes``): a shop-like background with no product in it."""
+    width, height = size, size if height is None else height
+    im = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(im)
     y = 0
-    while y < size:
-        band = rng.randint(size // 10, size // 2)
+    while y < height:
+        band = rng.randint(height // 10, height // 2)
         base = [rng.randint(40, 220) for _ in range(3)]
-        draw.rectangle((0, y, size, y + band), fill=tuple(base))
+        draw.rectangle((0, y, width, y + band), fill=tuple(base))
         if rng.random() < 0.6:  # a shelf lip
-            lip = rng.randint(2, max(3, size // 30))
-            draw.rectangle((0, y + band - lip, size, y + band), fill=tuple(rng.randint(150, 250) for _ in range(3)))
+            lip = rng.randint(2, max(3, height // 30))
+            draw.rectangle((0, y + band - lip, width, y + band), fill=tuple(rng.randint(150, 250) for _ in range(3)))
         y += band
-    grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.9, 1.2), size, dtype=np.float32)[:, None, None]
+    grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(0.9, 1.2), height, dtype=np.float32)[:, None, None]
     arr = np.clip(np.asarray(im, dtype=np.float32) * grad, 0, 255).astype(np.uint8)
     return Image.fromarray(arr)
 
@@ -89,11 +97,11 @@ def _background(src: SceneSource, size: int, rng: random.Random) -> Image.Image:
         bg = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
         # out of focus behind the product, as a close-up crop is
         return bg.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 3.0)))
-    return _procedural_shelf(size, rng)
+    return procedural_shelf(size, rng)
 
 
-def _perspective(im: Image.Image, rng: random.Random, strength: float = 0.12) -> Image.Image:
-    """A mild perspective warp (the phone is rarely square to the shelf)."""
+def perspective(im: Image.Image, rng: random.Random, strength: float = 0.12) -> Image.Image:
+    """A mild perspective warp (the phone is rarely square to the shelf); an RGBA image's new corners are transparent."""
     w, h = im.size
     d = [rng.uniform(-strength, strength) for _ in range(8)]
     quad = (d[0] * w, d[1] * h, d[2] * w, h + d[3] * h, w + d[4] * w, h + d[5] * h, w + d[6] * w, d[7] * h)
@@ -109,24 +117,31 @@ def _paste(canvas: Image.Image, item: Image.Image, box_w: float, cx: float, cy: 
     canvas.paste(item, (int(cx - item.width / 2), int(cy - item.height / 2)), item)
 
 
-def _hand(canvas: Image.Image, rng: random.Random) -> None:
-    """A skin-toned blob over one edge: a hand holding or reaching for the product."""
-    size = canvas.width
+def hand_layer(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """RGBA ``size`` layer, transparent but for a skin-toned blob over the left, right or bottom edge:
+    a hand holding or reaching for the product. Its alpha is what it hides (the detector's
+    scenes subtract it from the products' visible areas)."""
+    width, height = size
     tone = rng.choice([(224, 172, 140), (198, 134, 102), (141, 85, 60), (90, 56, 38), (240, 200, 170)])
-    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     edge = rng.choice("lrb")
-    r = int(size * rng.uniform(0.12, 0.25))
+    r = int(width * rng.uniform(0.12, 0.25))
     if edge == "b":
-        cx, cy = rng.randint(0, size), size + r // 3
+        cx, cy = rng.randint(0, width), height + r // 3
     else:
-        cx, cy = (-r // 3 if edge == "l" else size + r // 3), rng.randint(size // 3, size)
+        cx, cy = (-r // 3 if edge == "l" else width + r // 3), rng.randint(height // 3, height)
     draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(*tone, 255))
     for _ in range(rng.randint(2, 4)):  # fingers
         fx, fy = cx + rng.randint(-r, r), cy + rng.randint(-r, r)
         fw = max(2, r // 4)
         draw.ellipse((fx - fw, fy - r, fx + fw, fy + r // 2), fill=(*tone, 255))
-    layer = layer.filter(ImageFilter.GaussianBlur(2))
+    return layer.filter(ImageFilter.GaussianBlur(2))
+
+
+def _hand(canvas: Image.Image, rng: random.Random) -> None:
+    """A hand over one edge of ``canvas`` (``hand_layer``), pasted in place."""
+    layer = hand_layer(canvas.size, rng)
     canvas.paste(layer, (0, 0), layer)
 
 
@@ -141,7 +156,7 @@ def synthesise_view(product: Image.Image, size: int, rng: random.Random, src: Sc
             if rng.random() < 0.75:
                 n = src.neighbours[rng.randrange(len(src.neighbours))]
                 _paste(canvas, n, box * rng.uniform(0.8, 1.1), centre + side * box * rng.uniform(0.85, 1.15), centre + rng.uniform(-0.1, 0.1) * box, 0.0)
-    item = _perspective(product, rng) if rng.random() < 0.6 else product
+    item = perspective(product, rng) if rng.random() < 0.6 else product
     if rng.random() < 0.5:
         item = item.transpose(Image.FLIP_LEFT_RIGHT)
     _paste(canvas, item, box, centre + rng.uniform(-0.06, 0.06) * box, centre + rng.uniform(-0.06, 0.06) * box,
@@ -154,6 +169,13 @@ def synthesise_view(product: Image.Image, size: int, rng: random.Random, src: Sc
     view = view.resize((size, size), Image.BILINEAR)
     if rng.random() < 0.3:
         _hand(view, rng)
+    return shop_camera(view, rng)
+
+
+def shop_camera(view: Image.Image, rng: random.Random) -> np.ndarray:
+    """``view`` as a phone shows it in a shop: light (brightness, contrast, colour, a colour cast), sensor
+    noise, blur, JPEG softness; uint8 RGB. Geometry is untouched, so boxes drawn on ``view`` stay true
+    (the detector's scenes use it after their labels are known)."""
     view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.55, 1.3))
     view = ImageEnhance.Contrast(view).enhance(rng.uniform(0.65, 1.25))
     view = ImageEnhance.Color(view).enhance(rng.uniform(0.6, 1.3))
