@@ -9,10 +9,13 @@ imports the cloud.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -131,10 +134,12 @@ def index(
                                             "is embedded (default: the detector manifest's object_choice.min_box_fraction, the app's rule)."),
     server: Optional[str] = typer.Option(None, "--server", help="Write through this service's admin API (else straight to Milvus at SHOPLENS_MILVUS_URI)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_ADMIN_KEY", help="Admin key for --server."),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes (--engine ray: embedding actors on the cluster, at most)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, max=1000, help="Images per write."),
     state: Optional[Path] = typer.Option(None, "--state", help="Resume ledger (default: <cache>/imports/<catalog name>.db)."),
-    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray Data over a cluster)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (Ray Data: a private local Ray, or the cluster at --ray-address)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: attach to this Ray cluster: auto (RAY_ADDRESS or the `ray start` "
+                                              "instance on this machine), HOST:PORT (its GCS; run on a cluster node) or ray://HOST:PORT (its Ray Client server)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Embed every catalog image with the phone's bundle and write it to the index.
@@ -161,25 +166,30 @@ def index(
     model_ids = [load_manifest(e).embedder.model_id for e in embs]  # type: ignore[union-attr]
     if len(set(model_ids)) != len(model_ids):
         raise typer.BadParameter(f"the same model id twice: {', '.join(model_ids)}", param_hint="--bundle")
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter("choose local or ray", param_hint="--engine")
     if engine == "ray" and len(embs) > 1:
         raise typer.BadParameter("the ray engine indexes one model at a time; use --engine local for several", param_hint="--engine")
+    if ray_address and engine != "ray":
+        raise typer.BadParameter("--ray-address needs --engine ray", param_hint="--ray-address")
     model_id = ", ".join(model_ids)
     entries = list(read_catalog(catalog))
     state_path = state or get_settings().cache_dir / "imports" / f"{catalog.stem}-{model_ids[0]}.db"
-    sinks, closers = zip(*(_make_sink(ctx, server, api_key, m) for m in model_ids))
-    try:
-        if engine == "ray":
-            from shoplens.sdk.ray_import import import_catalog_ray
+    with _ray_session(engine, ray_address, workers):  # attach before any sink or ledger: a bad --ray-address writes nothing
+        sinks, closers = zip(*(_make_sink(ctx, server, api_key, m) for m in model_ids))
+        try:
+            if engine == "ray":
+                from shoplens.sdk.ray_import import import_catalog_ray
 
-            summary = import_catalog_ray(entries, embedder=embs[0], detector=det, sink=sinks[0], state_path=state_path, workers=workers, batch_size=batch_size)
-        elif engine == "local":
-            summary = import_catalog(entries, embedder=embs, detector=det, sink=list(sinks), state_path=state_path, workers=workers,
-                                     batch_size=batch_size, progress=progress, total=len(entries), min_box_fraction=min_box)
-        else:
-            raise typer.BadParameter("choose local or ray", param_hint="--engine")
-    finally:
-        for close in closers:
-            close()
+                summary = import_catalog_ray(entries, embedder=embs[0], detector=det, sink=sinks[0], state_path=state_path, workers=workers,
+                                             batch_size=batch_size, address=ray_address, sink_factory=_sink_factory(ctx, server, api_key, model_ids[0]),
+                                             min_box_fraction=min_box, progress=progress)
+            else:
+                summary = import_catalog(entries, embedder=embs, detector=det, sink=list(sinks), state_path=state_path, workers=workers,
+                                         batch_size=batch_size, progress=progress, total=len(entries), min_box_fraction=min_box)
+        finally:
+            for close in closers:
+                close()
     console.print(
         f"[bold]{summary.imported}[/] imported, {summary.already_done} already indexed (resumed), {summary.duplicates} exact duplicates, "
         f"{len(summary.failed)} failed, of {summary.total} in {summary.seconds:.1f} s ({summary.images_per_s:.1f} img/s); model {model_id}"
@@ -197,13 +207,50 @@ def index(
             console.print(f"... and {len(summary.failed) - 50} more (see {state_path})")
 
 
+@contextmanager
+def _ray_session(engine: str, address: str | None, workers: int) -> Iterator[None]:
+    """For --engine ray: Ray attached (or started) for the whole command, shut down after."""
+    if engine != "ray":
+        yield
+        return
+    from shoplens.sdk.ray_import import connect_ray
+
+    started = connect_ray(address, workers)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _api_sink(server: str, api_key: str | None, model_id: str) -> Any:
+    """The service's admin API as a sink (module level: Ray workers rebuild it from a partial)."""
+    from shoplens.sdk.client import ShoplensClient
+    from shoplens.sdk.importer import ApiSink
+
+    return ApiSink(ShoplensClient(server, api_key), model_id)
+
+
+def _sink_factory(ctx: typer.Context, server: str | None, api_key: str | None, model_id: str) -> Callable[[], Any] | None:
+    """What Ray workers call to open the same index, so each writes its own batches in parallel;
+    None for a Milvus Lite file, which one process holds (the driver writes there)."""
+    from shoplens.settings import get_settings
+
+    if server:
+        return functools.partial(_api_sink, server, api_key, model_id)
+    settings = get_settings()
+    direct_sink = getattr(ctx.obj, "direct_sink", None)
+    if settings.milvus_is_lite or direct_sink is None:
+        return None
+    return functools.partial(direct_sink, model_id, settings)  # the driver's settings: workers need not share its environment
+
+
 def _make_sink(ctx: typer.Context, server: str | None, api_key: str | None, model_id: str):  # type: ignore[no-untyped-def]
     if server:
-        from shoplens.sdk.client import ShoplensClient
-        from shoplens.sdk.importer import ApiSink
-
-        client = ShoplensClient(server, api_key)
-        return ApiSink(client, model_id), client.close
+        sink = _api_sink(server, api_key, model_id)
+        return sink, sink.client.close
     direct_sink = getattr(ctx.obj, "direct_sink", None)  # the cloud's MilvusSink, handed over by the root CLI
     if direct_sink is None:
         raise typer.BadParameter("this command line cannot write straight to Milvus: give --server", param_hint="--server")

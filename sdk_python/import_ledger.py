@@ -40,6 +40,12 @@ class ImportState:
         with self._lock:
             self.db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (image, self.model_id, reason))
 
+    def done_image_ids(self) -> list[str]:
+        """Every image id this model's index acknowledged: what the Ray engine's workers skip (they
+        cannot open this file; the driver broadcasts the ids)."""
+        with self._lock:
+            return [r[0] for r in self.db.execute("SELECT image_id FROM done WHERE model_id=?", (self.model_id,))]
+
     def done_count(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM done WHERE model_id=?", (self.model_id,)).fetchone()[0])

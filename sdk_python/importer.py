@@ -12,8 +12,8 @@ Why it is built this way:
   bytes) are indexed once.
 - **Catalog images only**: rows whose ``role`` is a labelled shopper photo
   (``photo``/``val``, read by the embedder trainer) are counted in
-  ``ImportSummary.not_indexed`` and never embedded, in both engines (they
-  share ``_pending``), so one catalog file serves the index and the trainer.
+  ``ImportSummary.not_indexed`` and never embedded, in both engines (both
+  ask ``CatalogEntry.indexed``), so one catalog file serves the index and the trainer.
 - **Parallel**: ``workers`` processes each hold their own LiteRT interpreters.
 """
 
@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
@@ -259,12 +260,16 @@ class BatchWriter:
     def flush(self) -> None:
         if self.images:
             self.sink.upsert(self.images)  # durable before we record it as done
-            self.state.mark_done(self.done)
-            self.written += len(self.images)
-            self.summary.per_model[self.sink.model_id] = self.summary.per_model.get(self.sink.model_id, 0) + len(self.images)
-            self.summary.imported += self.counted
-            self.advance(self.counted)
+            self.acknowledged(self.done, self.counted)
             self.images, self.done, self.counted = [], [], 0
+
+    def acknowledged(self, done: list[tuple[str, str, str]], counted: int) -> None:
+        """Record rows a sink acknowledged: this writer's, or (Ray engine) a worker's own sink's."""
+        self.state.mark_done(done)
+        self.written += len(done)
+        self.summary.per_model[self.sink.model_id] = self.summary.per_model.get(self.sink.model_id, 0) + len(done)
+        self.summary.imported += counted
+        self.advance(counted)
 
     def finish(self) -> None:
         """After the last batch: let the sink seal what was written (e.g. a Milvus flush)."""
@@ -324,6 +329,25 @@ def _embedded(pending: Iterable[_Pending], pool: Any, workers: int) -> Iterator[
         yield p, vec, info
 
 
+@contextmanager
+def progress_bar(enabled: bool, total: int | None, summary: ImportSummary, t0: float, done: int = 0) -> Iterator[Callable[..., None]]:
+    """The import's progress bar, on stderr (stdout stays for results); yields ``advance(n)``.
+    Shared by both engines: the Ray engine's driver draws it from the rows its workers return."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                   TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
+    with bar:
+        task = bar.add_task("index", total=total, completed=done, rate="")
+
+        def advance(n: int = 1) -> None:
+            elapsed = time.perf_counter() - t0
+            bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
+
+        yield advance
+
+
 def import_catalog(
     entries: Iterable[CatalogEntry],
     *,
@@ -350,9 +374,6 @@ def import_catalog(
     object; the whole image is embedded instead. ``None``: the detector manifest's rule
     (``object_choice``), the one the phone uses.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     embedders = [str(embedder)] if isinstance(embedder, (str, os.PathLike)) else [str(e) for e in embedder]
     sinks = list(sink) if isinstance(sink, Sequence) else [sink]
     if len(embedders) != len(sinks) or not sinks:
@@ -365,17 +386,10 @@ def import_catalog(
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args) if workers > 1 else None
     if pool is None:
         _init_worker(*init_args)
-    bar = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, console=Console(stderr=True))  # progress is UI: stdout stays for results
     t0 = time.perf_counter()
     failed = True
     try:
-        with bar:
-            task = bar.add_task("index", total=total, rate="")
-
-            def advance(n: int = 1) -> None:
-                elapsed = time.perf_counter() - t0
-                bar.update(task, advance=n, rate=f"{summary.imported / elapsed:.1f} img/s" if elapsed > 0 else "")
-
+        with progress_bar(progress, total, summary, t0) as advance:
             writer = ModelWriters([BatchWriter(s, ledger, summary, batch_size, advance) for s, ledger in zip(sinks, ledgers)])
             for p, vectors, info in _embedded(_pending(entries, state, summary, advance), pool, workers):
                 writer.add(p, vectors, info)

@@ -51,10 +51,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _milvus_sink(model_id: str) -> Any:
+def _milvus_sink(model_id: str, settings: Any = None) -> Any:
+    """``settings``: the importing process's (Ray workers get them with this function, in a partial)."""
     from shoplens.cloud.milvus_sink import MilvusSink
 
-    return MilvusSink(model_id)
+    return MilvusSink(model_id, settings)
 
 
 def _embed_catalog(catalog: Path, bundle: Path, detector: Path | None, model_id: str, workers: int, cache_dir: Path) -> Path:
@@ -76,8 +77,8 @@ def _service_admin(url: str, admin_key: str) -> Iterator[Any]:
 class Composition:
     """What one package's command takes from another; the commands find it in ``ctx.obj``."""
 
-    #: model id -> a CatalogSink straight into Milvus, with ``close()`` (``shoplens index`` without --server)
-    direct_sink: Callable[[str], Any] = _milvus_sink
+    #: (model id[, settings]) -> a CatalogSink straight into Milvus, with ``close()`` (``shoplens index`` without --server)
+    direct_sink: Callable[..., Any] = _milvus_sink
     #: (catalog, bundle, detector, model id, workers, cache dir) -> a rows file (``shoplens reindex --catalog``)
     embed_catalog: Callable[[Path, Path, Path | None, str, int, Path], Path] = _embed_catalog
     #: (url, admin key) -> a context manager yielding the re-index's CatalogAdmin over HTTP (``shoplens reindex --url``)
