@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shoplens.contract.manifest import MAX_OBJECTS
+
 console = Console()
 notices = Console(stderr=True)  # file notices stay off stdout, so --json output is pure JSON
 app = typer.Typer()
-from shoplens.contract.manifest import MAX_OBJECTS
-
 manifest_app = typer.Typer()
 
 
