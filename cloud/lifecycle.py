@@ -65,11 +65,12 @@ class ModelLifecycle:
         return dict(entries)
 
     def _entries(self: CatalogStore, c: MilvusClient) -> dict[str, ModelEntry]:
-        """The registry's rows, read with Strong consistency (loaded once per process like every collection)."""
+        """The registry's rows, read with Strong consistency (loaded once per process like every collection;
+        loaded again when Milvus calls it released, as Lite did on a file reopened in the same process)."""
         if not c.has_collection(self._registry.name):
             return {}
         self._ensure_loaded(c, self._registry.name)
-        return self._registry.entries(c)
+        return self._on_collection("registry", self._registry.name, self._registry.entries)
 
     def _adopt_main_alias(self: CatalogStore, c: MilvusClient) -> dict[str, ModelEntry]:
         target = self._alias_target(c)

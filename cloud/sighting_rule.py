@@ -6,7 +6,10 @@ drag the product somewhere else (docs/cloud.md, "Confirmed sightings"):
 
 1. **Anchor.** A confirmation is compared with the product's own catalog images (those an
    admin wrote; promoted sightings never anchor further sightings, so references cannot drift
-   step by step). Best cosine below ``reference_cos``: it is *held* for an admin's review.
+   step by step). Best cosine below ``reference_cos``, or the product not among the vector's
+   ``reference_rank`` best products in the catalog: it is *held* for an admin's review. The rank
+   is the check that holds for every model: an embedder whose space is narrow puts most vectors
+   above any fixed cosine of most products (``sightings.Sightings.confirm`` asks the catalog).
 2. **Agreement.** The open confirmations of a product (one per device key: a key's newer one
    replaces its older one, so repeats count once) are trimmed to a group that agrees: the one
    farthest from the group's centroid leaves until every member is within ``agree_cos`` of it.
@@ -37,11 +40,13 @@ class Rule:
     agree_cos: float
     reference_cos: float
     cap: int
+    reference_rank: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rule:
         return cls(confirmations=settings.feedback_confirmations, agree_cos=settings.feedback_agree_cos,
-                   reference_cos=settings.feedback_reference_cos, cap=settings.feedback_max_sightings)
+                   reference_cos=settings.feedback_reference_cos, cap=settings.feedback_max_sightings,
+                   reference_rank=settings.feedback_reference_rank)
 
 
 @dataclass(frozen=True)

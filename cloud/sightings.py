@@ -124,7 +124,8 @@ class Sightings:
         """Keep a device's confirmation of ``product_id`` and apply the rule to the product's open ones."""
         with self._lock:
             product = self.product(binding, product_id)
-            status = SightingStatus.PENDING if is_anchored(vector, product.references, self.rule) else SightingStatus.HELD
+            anchored = is_anchored(vector, product.references, self.rule) and self._ranks(binding, product_id, vector)
+            status = SightingStatus.PENDING if anchored else SightingStatus.HELD
             record = SightingRecord(candidate_id(product_id, key_id), product_id, binding.model_id, status, (key_id,),
                                     now_ms(), np.asarray(vector, np.float32))
             self.records.put(binding, [record])
@@ -133,6 +134,11 @@ class Sightings:
                 status, sighting_id = self._settle(binding, product, record)
         self.metrics.feedback.labels(model_id=binding.model_id, outcome=status.value).inc()
         return FeedbackResult(model_id=binding.model_id, product_id=product_id, status=status, sighting_id=sighting_id)
+
+    def _ranks(self, binding: Binding, product_id: str, vector: np.ndarray) -> bool:
+        """Whether ``product_id`` is among the vector's ``reference_rank`` best products in the catalog (grouped search)."""
+        hits, _ = self.store.search(binding, np.asarray(vector, np.float32)[None, :], top_k=self.rule.reference_rank)
+        return any(h.product_id == product_id for h in hits[0])
 
     def _settle(self, binding: Binding, product: Product, record: SightingRecord) -> tuple[SightingStatus, str]:
         """Apply the rule to the product's pending confirmations; what became of ``record``."""

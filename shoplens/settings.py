@@ -134,6 +134,12 @@ class Settings(BaseSettings):
         "catalog images; farther ones are held for an admin's review (shipped embedder: a shelf photo sits at "
         "median 0.82 from its product's image, 0.55 from another category's; docs/cloud.md)",
     )
+    feedback_reference_rank: int = Field(
+        default=5, ge=1, le=50,
+        description="a confirmation counts without review only if its product is among the vector's top N products "
+        "in the catalog: unlike a cosine, a rank means the same for every model (a held-out embedder put wrong-product "
+        "confirmations above feedback_reference_cos 99.9% of the time; benchmarks/embedder_transfer.py)",
+    )
     feedback_max_sightings: int = Field(
         default=20, ge=1, description="promoted sightings a product may hold per model id (then confirmations wait)"
     )

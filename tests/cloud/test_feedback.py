@@ -160,6 +160,19 @@ def test_far_confirmations_are_held_and_only_an_admin_promotes_them(service, cat
     assert _metric(c, "shoplens_sightings_reviewed_total") == 2
 
 
+def test_a_confirmation_outranked_by_other_products_is_held(service, catalog):
+    """A cosine threshold alone lets wrong products through where the model's space is narrow (a held-out
+    embedder put 99.9% of wrong-product confirmations above the default; benchmarks/embedder_transfer.py):
+    the confirmed product must also be among the vector's ``feedback_reference_rank`` best products."""
+    open_service, _ = service
+    c = open_service(feedback_reference_cos=-1.0, feedback_reference_rank=1)  # the cosine check lets everything through
+    wrong = _shelf(catalog, p=6)  # product 6's appearance, confirmed as product 5
+    assert _hits(c, wrong, top_k=1)[0]["product_id"] == "prod-6"
+    assert _ok(_confirm(c, 0, wrong))["status"] == "held"
+    assert _ok(_confirm(c, 1, _seen(_shelf(catalog), 1)))["status"] == "pending"
+    assert sorted(s["status"] for s in _sightings(c, product_id=PRODUCT)) == ["held", "pending"]
+
+
 def test_cap_and_removal_take_sightings_out_of_search(service, catalog):
     open_service, c = service
     c = open_service(feedback_max_sightings=2)  # the same catalog, a stricter service
