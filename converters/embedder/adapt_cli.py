@@ -65,7 +65,9 @@ def adapt_cmd(
     """Adapt an embedder bundle to a catalog from its catalog images alone (synthesised shopper views); seeded, resumable.
 
     Writes a complete bundle with a new model id; serve it beside the current one with
-    `shoplens reindex --bundle OUT` (docs/embedder.md, "Catalog-only adaptation").
+    `shoplens reindex --catalog CATALOG --bundle OUT`. Measured so far, the recipe does not raise
+    new-product recall and costs the products the base model was trained on: benchmark a bundle
+    before serving it (docs/embedder.md, "Catalog-only adaptation").
     """
     from shoplens.converters.common.errors import ConversionError
     from shoplens.converters.embedder.adapt import BUNDLE_CHECKPOINT, AdaptConfig, AdaptError, adapt
