@@ -9,6 +9,7 @@ and catalog calls exercise real backend paths, not only validation.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,20 @@ def _seed() -> None:
 
 _seed()
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ready() -> None:
+    """Fuzz a service that is up: schemathesis starts the app's lifespan once, at the first case, and the
+    warm-up load of a Lite file reopened in this process can outlast ``LOAD_WAIT_S`` (a 503 + Retry-After,
+    the contract's answer while loading). The property under test is the API's, not a cold start's."""
+    from schemathesis.python import asgi as schemathesis_asgi
+
+    client = schemathesis_asgi.get_client(APP)
+    deadline = time.monotonic() + 120
+    while client.get("/v1/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the fuzzed service never became ready"
+        time.sleep(0.5)
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
