@@ -117,12 +117,9 @@ def anchored_share(sets: RetrievalSets, vec: dict[str, np.ndarray], held: set[in
 def synthesised_refs(model: Any, catalog_csv: Path, sets: RetrievalSets, views: int) -> tuple[np.ndarray, np.ndarray]:
     """``views`` synthesised shopper views of every iconic image, embedded by ``model``, with their Grocery product ids:
     catalog-side augmentation (more reference vectors per product, no training) to compare adaptation with."""
-    import hashlib
-    import random
-
     from shoplens.converters.embedder.adapt import SceneRenderer
     from shoplens.converters.embedder.data import open_upright
-    from shoplens.converters.embedder.feature_cache import View
+    from shoplens.converters.embedder.feature_cache import View, view_rng
 
     shop = load_catalog(catalog_csv)
     renderer = SceneRenderer(shop, [], model.config.input_size)
@@ -132,8 +129,7 @@ def synthesised_refs(model: Any, catalog_csv: Path, sets: RetrievalSets, views: 
     for s in shop.iconic_samples():
         batch = []
         for v in range(1, views + 1):
-            rng = random.Random(int.from_bytes(hashlib.sha256(f"refs:{s.path.name}:{v}".encode()).digest()[:8], "little"))
-            batch.append(renderer(View(s, v), open_upright(s.path), model.config.input_size, rng))
+            batch.append(renderer(View(s, v), open_upright(s.path), model.config.input_size, view_rng("refs", View(s, v))))
         out.append(embed(np.stack(batch)))
         labels += [grocery_id[s.path]] * views
     return np.concatenate(out), np.array(labels)

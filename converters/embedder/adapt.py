@@ -39,7 +39,8 @@ from torch import nn
 from tqdm import tqdm
 
 from shoplens.converters.embedder.catalog_check import check_run_data
-from shoplens.converters.embedder.data import IMAGE_SUFFIXES, Catalog, load_catalog, open_upright
+from shoplens.contract.model_id import sha256_file
+from shoplens.converters.embedder.data import Catalog, list_images, load_catalog, open_upright
 from shoplens.converters.embedder.feature_cache import View, embed_cached, embed_tail, frozen_features
 from shoplens.converters.embedder.losses import cosface_loss, random_feature_crop, supcon_loss
 from shoplens.converters.embedder.model import Embedder, load_checkpoint, save_checkpoint
@@ -98,14 +99,6 @@ class AdaptResult:
     seconds: float = 0.0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SceneRenderer:
     """The feature cache's renderer of synthesised views (picklable: the loader worker gets a copy).
 
@@ -126,12 +119,12 @@ class SceneRenderer:
             self.backgrounds.append(im)
 
     def __call__(self, view: View, image: Image.Image, size: int, rng: random.Random) -> np.ndarray:
-        mine = self.product_of.get(view.sample.path, view.sample.product)
-        others = [c for p, c in self.cut.items() if self.product_of[p] != mine]
+        """``image`` is not needed: every view is of a catalog image, whose cut-out is made already."""
+        cut = self.cut[view.sample.path]
+        others = [c for p, c in self.cut.items() if self.product_of[p] != view.sample.product]
         pick = rng.sample(others, min(6, len(others))) if others else []
         if rng.random() < 0.4:  # a row or pile of the same product (shelf facings, a bin of fruit)
-            pick = [self.cut[view.sample.path]] * 3
-        cut = self.cut.get(view.sample.path) or cut_out(image)
+            pick = [cut] * 3
         return synthesise_view(cut, size, rng, SceneSource(self.backgrounds, pick))
 
 
@@ -140,7 +133,7 @@ def _background_files(folder: Path | None) -> list[Path]:
         return []
     if not folder.is_dir():
         raise AdaptError(f"--backgrounds {folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder)
     if not files:
         raise AdaptError(f"--backgrounds {folder}: no images in it")
     return files
@@ -180,7 +173,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    source_sha = _sha256(cfg.source)
+    source_sha = sha256_file(cfg.source)
     run_key = cfg.run_key(source_sha, checked.sha256)
     key = hashlib.sha256(json.dumps({k: run_key[k] for k in ("views", "seed", "trainable_units", "source_sha256", "catalog_sha256")}
                                     | {"backgrounds": [str(p) for p in backgrounds]}, sort_keys=True).encode()).hexdigest()[:16]

@@ -42,6 +42,13 @@ def consumer_view(view: View, image: Image.Image, size: int, rng: random.Random)
     return consumer_augment(image, size, rng)
 
 
+def view_rng(seed: int | str, view: View) -> random.Random:
+    """The random source of one augmented view, seeded by the file and view index: a view is the same
+    picture in every run and loader worker."""
+    key = f"{seed}:{view.sample.path.name}:{view.index}".encode()
+    return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+
+
 class _ViewImages(torch.utils.data.Dataset):
     def __init__(self, views: list[View], size: int, seed: int, render: Render) -> None:
         self.views, self.size, self.seed, self.render = views, size, seed, render
@@ -53,10 +60,7 @@ class _ViewImages(torch.utils.data.Dataset):
         v = self.views[i]
         if v.index == 0:
             return load_resized(v.sample.path, self.size)
-        # seeded by the file and view index, so a view is the same picture in every run and worker
-        key = f"{self.seed}:{v.sample.path.name}:{v.index}".encode()
-        rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-        return self.render(v, open_upright(v.sample.path), self.size, rng)
+        return self.render(v, open_upright(v.sample.path), self.size, view_rng(self.seed, v))
 
 
 @torch.no_grad()
