@@ -66,6 +66,7 @@ class TorchDetector:
     weights: Path
     class_names: list[str]
     stride: int
+    license: str | None = None  # as the checkpoint declares it (Ultralytics checkpoints: AGPL-3.0)
 
     @property
     def num_classes(self) -> int:
@@ -102,4 +103,6 @@ def load_torch_detector(weights: str | os.PathLike[str]) -> TorchDetector:
     net.fuse() if hasattr(net, "fuse") else None
     names = model.names
     class_names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-    return TorchDetector(model, path, class_names, int(max(net.stride)))
+    ckpt = getattr(model, "ckpt", None)
+    declared = ckpt.get("license") if isinstance(ckpt, dict) else None
+    return TorchDetector(model, path, class_names, int(max(net.stride)), str(declared) if declared else None)

@@ -53,6 +53,7 @@ from shoplens.converters.embedder.data import CatalogDataError, Sample, list_ima
 from shoplens.converters.embedder.evaluate import embed_paths
 from shoplens.converters.embedder.model import Embedder, load_checkpoint
 from shoplens.converters.embedder.parity import ParityResult, artifact_embedder, embed_photos, load_report, measure, write_report
+from shoplens.converters.embedder.trunks import TRUNKS
 
 log = logging.getLogger("shoplens.embedder.convert")
 Embed = Callable[[np.ndarray], np.ndarray]
@@ -138,6 +139,7 @@ def _start_manifest(checkpoint: Path, out_dir: Path, model: Embedder, bundle_nam
             source=SourceSpec(name=cfg.trunk, weights=f"{checkpoint.name} (trunk weights: {cfg.weights})", weights_sha256=weights_sha),
             embedder=EmbedderSpec(dim=cfg.dim, l2_in_graph=True, preprocessing=preprocessing, model_id=model_id),
         )
+    manifest.source.license = TRUNKS[cfg.trunk].license if cfg.trunk in TRUNKS else None
     manifest.tools = tool_versions(TOOL_PACKAGES)
     return manifest
 

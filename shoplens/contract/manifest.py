@@ -206,6 +206,9 @@ class SourceSpec(_Strict):
     name: str = Field(description="architecture / registry name, e.g. yolov8n or resnet50v2-imagenet-s3")
     weights: str = Field(description="where the source weights came from (file name, enum, URL)")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    license: str | None = Field(default=None, description="the weights' licence as their source declares it (an Ultralytics "
+                                "checkpoint's own 'license', a trunk's registry entry); an app that embeds the bundle "
+                                "inherits it (docs/converters.md, Licence)")
 
 
 class ParitySummary(_Strict):

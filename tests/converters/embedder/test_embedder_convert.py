@@ -16,6 +16,7 @@ from shoplens.converters.embedder.data import load_catalog
 from shoplens.converters.embedder.head import fit_head
 from shoplens.converters.embedder.model import EmbedderConfig, build_embedder, save_checkpoint
 from shoplens.converters.embedder.parity import measure
+from shoplens.converters.embedder.trunks import TRUNKS
 
 SIZE, DIM = 64, 32
 
@@ -63,6 +64,7 @@ def test_manifest_matches_files_and_model_id(bundle, small_checkpoint: Path) -> 
     m = verify_bundle(bundle.bundle_dir)
     assert m.embedder is not None and m.embedder.dim == DIM and m.embedder.l2_in_graph
     assert m.source.weights_sha256 == sha256_file(small_checkpoint)
+    assert m.source.license == TRUNKS[m.source.name].license  # the trunk registry's licence
     assert m.embedder.model_id == compute_model_id(
         name=m.source.name, weights_sha256=m.source.weights_sha256, preprocessing=m.embedder.preprocessing, dim=DIM
     )
