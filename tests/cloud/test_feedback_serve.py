@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from shoplens.contract.codecs import encode_vector
 
-from cloudkit import ADMIN, ADMIN_H, DEVICE, DIM, MODEL, free_port
+from cloudkit import ADMIN, ADMIN_H, DEVICE, DIM, MODEL, free_port, wait_ready
 from servekit import start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
@@ -138,6 +138,7 @@ def test_sightings_cli_straight_on_milvus(lite_settings, client_for, catalog, mo
     get_settings.cache_clear()
 
     again = client_for(settings)  # the direct promotion is in the catalog the service serves
+    wait_ready(again)  # reopening the Lite file loads its collection first; until then searches get 503
     hits = again.post("/v1/search", json={"model_id": MODEL, "encoding": "f32", "vector": encode_vector(shelf, "f32")},
                       headers={"X-API-Key": KEYS[0]}).json()["hits"]
     assert hits[0]["image_id"] == promoted["sighting_id"]

@@ -113,6 +113,7 @@ def test_reindex_cli_direct_with_rows_jsonl(lite_settings, client_for, catalog, 
     assert out["promoted"] is True and out["retired_previous"] is True
 
     c2 = client_for(settings)
+    wait_ready(c2)  # the reopened file loads its collection first
     stats = c2.get("/v1/stats", headers=ADMIN_H).json()
     assert stats["model_id"] == MODEL_NEXT and stats["rows"] == 10
     models = c2.get("/v1/models", headers=DEVICE_H).json()["models"]
