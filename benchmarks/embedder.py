@@ -10,6 +10,12 @@ iconic images (all 81 iconic images and the held-out ones only).
     .venv/bin/python benchmarks/embedder.py [--bundle mobile_assets/resnet50v2-s3-256]
 
 Prints a table and writes ``benchmarks/results/embedder.json``.
+
+Trunks side by side (size and per-crop TFLite latency of every artifact of each bundle, no
+retrieval and no checkpoint needed; the bundles' timings are interleaved round by round, so a
+shared machine's load falls on all of them alike):
+
+    .venv/bin/python benchmarks/embedder.py --latency-only --compare-bundle /tmp/lite0-bundle [--latency-out FILE]
 """
 
 from __future__ import annotations
@@ -64,6 +70,40 @@ def latency_ms(bundle: Path, precision: str | None, threads: int, runs: int = 30
     return (time.perf_counter() - t) / runs * 1000
 
 
+def compare_latency(bundles: list[Path], threads: tuple[int, ...] = (1, 2), rounds: int = 7, runs: int = 20) -> list[dict]:
+    """Size and SDK ``embed`` latency (ms per 224 px crop, median of ``rounds`` means of ``runs`` calls) of every TFLite
+    artifact of each bundle; one round times every (artifact, threads) in turn, so load changes hit all rows alike."""
+    rows: list[dict] = []
+    embedders: list[tuple[dict, SDKEmbedder, np.ndarray]] = []
+    for bundle in bundles:
+        manifest = verify_bundle(bundle)
+        for a in manifest.artifacts:
+            row = {"bundle": bundle.name, "trunk": manifest.source.name, "artifact": a.file, "precision": a.precision.value, "runtime": a.format.value,
+                   "size_mb": a.size_bytes / 1e6, "publishable": a.publishable}
+            if a.parity:
+                row["parity_cos_mean"] = a.parity.metrics.get("cos_mean")
+            rows.append(row)
+            if a.format is not ArtifactFormat.TFLITE:
+                continue
+            for t in threads:
+                e = SDKEmbedder(bundle, a.precision, num_threads=t)
+                x = np.random.default_rng(0).integers(0, 255, size=(e.artifact.input.height, e.artifact.input.width, 3), dtype=np.uint8)
+                for _ in range(3):
+                    e.embed(x)
+                embedders.append((row | {"threads": t}, e, x))
+    samples: dict[int, list[float]] = {i: [] for i in range(len(embedders))}
+    for _ in range(rounds):
+        for i, (_, e, x) in enumerate(embedders):
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                e.embed(x)
+            samples[i].append((time.perf_counter() - t0) / runs * 1000)
+    for i, (key, _, _) in enumerate(embedders):
+        row = next(r for r in rows if r["bundle"] == key["bundle"] and r["artifact"] == key["artifact"])
+        row[f"latency_ms_{key['threads']}t"] = float(np.median(samples[i]))
+    return rows
+
+
 def sdk_vectors(sets: RetrievalSets, embedder: SDKEmbedder, with_train: bool) -> dict[str, np.ndarray]:
     keys = ("val", "iconic", "train") if with_train else ("val", "iconic")
     return {k: embed_photos(embedder.embed, getattr(sets, k)) for k in keys}
@@ -93,8 +133,16 @@ def main() -> None:
     ap.add_argument("--no-train-catalog", action="store_true", help="skip the iconic + train catalog (faster)")
     ap.add_argument("--keep-pca", action="store_true", help="keep the PCA-head row of the existing result file instead of refitting (minutes)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedder.json")
+    ap.add_argument("--compare-bundle", type=Path, action="append", default=[],
+                    help="another embedder bundle (e.g. of another trunk) whose artifacts' size and latency are measured beside --bundle's (repeatable)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only size and TFLite latency of --bundle and every --compare-bundle, interleaved (no checkpoint, no retrieval); prints a table")
+    ap.add_argument("--latency-out", type=Path, default=None, help="with --latency-only: also write the rows to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.latency_only:
+        latency_report([args.bundle, *args.compare_bundle], args.latency_out)
+        return
     root = args.catalog or grocery_store().require() / "dataset"
     cat = load_catalog(root)
     sets = RetrievalSets.from_catalog(cat)
@@ -128,6 +176,9 @@ def main() -> None:
             row["latency_ms_2t"] = latency_ms(args.bundle, a.precision.value, 2)
             vec = sdk_vectors(sets, SDKEmbedder(args.bundle, a.precision, num_threads=2), with_train)
         rows.append((row, vec, "none"))
+    for extra in args.compare_bundle:  # other trunks: size and latency beside the shipped bundle (retrieval: benchmarks/embedder_holdout.py)
+        for r in compare_latency([extra]):
+            rows.append(({"model": f"bundle {extra.name}/{r['artifact']}", **{k: v for k, v in r.items() if k not in ("bundle", "artifact")}}, None, "none"))
     mnet = MobileNetV1Reference()
     rows.append(({"model": "MobileNetV1 ImageNet embedder (reference)", "precision": "uint8", "runtime": "tflite", "size_mb": mnet.path.stat().st_size / 1e6,
                   "latency_ms_1t": latency_ms(mnet.bundle, None, 1), "latency_ms_2t": latency_ms(mnet.bundle, None, 2)}, sdk_vectors(sets, mnet.embedder, with_train), "report"))
@@ -162,6 +213,22 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(), "rows": results,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def latency_report(bundles: list[Path], out: Path | None) -> None:
+    import os
+
+    rows = compare_latency(bundles)
+    cols = ("size_mb", "latency_ms_1t", "latency_ms_2t", "parity_cos_mean")
+    print(f"{'bundle / artifact':60s} " + " ".join(f"{c:>16s}" for c in cols))
+    for r in rows:
+        print(f"{(r['bundle'] + ' / ' + r['artifact'])[:60]:60s} " + " ".join(f"{r[c]:16.4f}" if isinstance(r.get(c), float) else f"{'-':>16s}" for c in cols))
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (compare rows of one run; on a shared machine absolute ms are high)")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"rows": rows, "load_average_at_end": load, "threads": "1 and 2 (TFLite XNNPACK)", "input": "one crop at the artifact's input size, already sized"}, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

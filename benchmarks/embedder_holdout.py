@@ -8,6 +8,7 @@ R@1 against all 81 iconic images for the new products' val photos and for their
 train-split photos (never trained on either, ~8x the queries).
 
     .venv/bin/python benchmarks/embedder_holdout.py --splits 0,1,2,3 --recipes projector,plain
+    .venv/bin/python benchmarks/embedder_holdout.py --splits 0 --recipes lite0-projector-e4,projector-e4   # the trunks side by side
 
 Each run trains with ``shoplens embedder train``'s code (~13 min for ``plain``, ~27 min
 for ``projector`` on 2 CPU cores once the feature cache exists; building it takes
@@ -46,11 +47,16 @@ from shoplens.settings import get_settings  # noqa: E402
 NAME = "embedder_holdout"
 # each recipe: TrainConfig fields that differ from its defaults, spelled out so a change of defaults
 # does not silently change what an earlier row measured
+# (the trunk is part of the training key whether it is spelled out or not: naming the default changes no earlier row)
+RESNET, LITE0 = "resnet50v2-imagenet-s3", "efficientnet-lite0"
 RECIPES: dict[str, dict[str, Any]] = {
-    "projector": {"projector": 1024, "epochs": 12},  # the shipped recipe since 2026-12-04
-    "plain": {"projector": 0, "epochs": 6},  # the recipe before it
+    "projector": {"trunk": RESNET, "projector": 1024, "epochs": 12},  # the shipped recipe since 2026-12-04
+    "plain": {"trunk": RESNET, "projector": 0, "epochs": 6},  # the recipe before it
     # the shipped recipe over 4 epochs (the epoch held-out runs of it pick: 4-5): a base for embedder_transfer.py in a third of the time
-    "projector-e4": {"projector": 1024, "epochs": 4},
+    "projector-e4": {"trunk": RESNET, "projector": 1024, "epochs": 4},
+    # the same two recipes on the EfficientNet-Lite0 trunk (issue 32's trunk comparison; every other option as shipped)
+    "lite0-projector": {"trunk": LITE0, "projector": 1024, "epochs": 12},
+    "lite0-projector-e4": {"trunk": LITE0, "projector": 1024, "epochs": 4},
 }
 UNSEEN = ("unseen_photo_iconic_r@1", "unseen_train_photo_iconic_r@1")
 SEEN = ("photo_iconic_r@1", "photo_iconic_train_r@1")
@@ -68,7 +74,7 @@ def run_recipe(recipe: str, split: int, holdout: int, root: Path, out_dir: Path,
         raise SystemExit(f"{out} was trained with another configuration; delete it (and {out}.state.pt) to retrain")
     picked = meta["history"][meta["selected_epoch"] - 1]
     return {
-        "recipe": recipe, "split": split, "picked_epoch": meta["selected_epoch"], "epochs": cfg.epochs,
+        "recipe": recipe, "trunk": cfg.trunk, "split": split, "picked_epoch": meta["selected_epoch"], "epochs": cfg.epochs,
         **{k: picked[k] for k in SEEN + UNSEEN},
         "unseen_queries": picked["unseen_queries"], "unseen_train_queries": picked.get("unseen_train_queries"),
         "history": {k: [round(h[k], 3) for h in meta["history"]] for k in SEEN + UNSEEN},  # by epoch; kept out of the table

@@ -14,6 +14,10 @@ iconic images as the catalog and the held-out products' val photos as queries:
 - MobileNetV1, off the shelf, on the same products.
 
     .venv/bin/python benchmarks/embedder_transfer.py --splits 0,1,2,3
+    .venv/bin/python benchmarks/embedder_transfer.py --splits 0 --base-recipe lite0-projector-e4 --no-adapt   # another trunk
+
+A base recipe on another trunk than the shipped ResNet (``embedder_holdout.py``'s ``lite0-*``) gets
+its own rows: its models are named with the trunk (``base (held-out run, efficientnet-lite0)``).
 
 Adaptation runs in a child process (its time and peak memory are the ``adapt`` command's
 on this machine) and resumes from its state file. Rows of splits not run this time are
@@ -37,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, command_line, write_result  # noqa: E402
 from embedder import MobileNetV1Reference, sdk_vectors, vectors  # noqa: E402
-from embedder_holdout import run_recipe  # noqa: E402
+from embedder_holdout import RECIPES, RESNET, run_recipe  # noqa: E402
 
 from shoplens.converters.embedder.convert import torch_embed  # noqa: E402
 from shoplens.converters.embedder.data import Catalog, holdout_products, load_catalog  # noqa: E402
@@ -160,9 +164,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="adapt: epochs")
     ap.add_argument("--distill-weight", type=float, default=4.0, help="adapt: weight of the distillation to the base model")
     ap.add_argument("--no-adapt", action="store_true", help="base and sightings rows only")
-    ap.add_argument("--base-recipe", default="projector", help="embedder_holdout.py recipe of the base (held-out) run")
+    ap.add_argument("--base-recipe", default="projector", choices=sorted(RECIPES),
+                    help="embedder_holdout.py recipe of the base (held-out) run (lite0-*: the EfficientNet-Lite0 trunk)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    trunk = RECIPES[args.base_recipe].get("trunk", RESNET)
+    of_trunk = "" if trunk == RESNET else f", {trunk}"  # another trunk's rows never replace the shipped trunk's
     torch.set_num_threads(args.threads)
     root = grocery_store().require() / "dataset"
     cat = load_catalog(root)
@@ -179,17 +186,18 @@ def main() -> None:
         base_path = get_settings().cache_dir / "embedder" / "holdout-study" / f"{args.base_recipe}-holdout{args.holdout}-split{split}.pt"
         base, _ = load_checkpoint(base_path)
         bvec = vectors(sets, torch_embed(base), base.config.input_size, with_train=True)
-        fresh.append({"model": "base (held-out run)", "base_recipe": args.base_recipe, "split": split, **figures(sets, bvec, held, KS, split),
+        fresh.append({"model": f"base (held-out run{of_trunk})", "base_recipe": args.base_recipe, "trunk": trunk, "split": split, **figures(sets, bvec, held, KS, split),
                       f"new_val_r@1_synth_refs{SYNTH_REFS}": synth_refs_recall(sets, bvec, synthesised_refs(base, catalog_csv, sets, SYNTH_REFS), held),
                       "measured_at": now})
         print(json.dumps(fresh[-1]), flush=True)
         if args.no_adapt:
             continue
-        run = run_adapt(base_path, catalog_csv, study / f"adapt-split{split}-v{args.views}-e{args.epochs}", args.views, args.epochs,
+        work = study / (f"adapt-split{split}-v{args.views}-e{args.epochs}" + ("" if trunk == RESNET else f"-{args.base_recipe}"))
+        run = run_adapt(base_path, catalog_csv, work, args.views, args.epochs,
                         args.distill_weight, args.threads)
         adapted, _ = load_checkpoint(run["checkpoint"])
         avec = vectors(sets, torch_embed(adapted), adapted.config.input_size, with_train=True)
-        fresh.append({"model": f"adapted (catalog images only, distill {args.distill_weight:g})", "base_recipe": args.base_recipe, "split": split, **figures(sets, avec, held, KS, split),
+        fresh.append({"model": f"adapted (catalog images only, distill {args.distill_weight:g}{of_trunk})", "base_recipe": args.base_recipe, "trunk": trunk, "split": split, **figures(sets, avec, held, KS, split),
                       "adapt_seconds": round(run["seconds"], 1), "adapt_peak_rss_mb": round(run["peak_rss_mb"]), "adapt_views": run["views"],
                       "measured_at": now})
         print(json.dumps(fresh[-1]), flush=True)
@@ -231,7 +239,7 @@ def _mean_of(runs: list[dict[str, Any]], model: str, key: str) -> float | None:
 
 def _delta(runs: list[dict[str, Any]], key: str) -> float | None:
     base = {r["split"]: r[key] for r in runs if r["model"] == "base (held-out run)"}
-    ad = {r["split"]: r[key] for r in runs if r["model"].startswith("adapted")}
+    ad = {r["split"]: r[key] for r in runs if r["model"].startswith("adapted") and r.get("trunk", RESNET) == RESNET}  # the shipped trunk's
     both = sorted(set(base) & set(ad))
     return round(float(np.mean([ad[s] - base[s] for s in both])), 4) if both else None
 

@@ -62,14 +62,15 @@ def _csv(value: str) -> list[str]:
 
 @embedder_app.command("trunks")
 def trunks() -> None:
-    """List the trunk registry (name, feature dim, default weights)."""
-    from shoplens.converters.embedder.trunks import TRUNKS
+    """List the trunk registry (name, feature dim, stride, input scaling, default weights, licence)."""
+    from shoplens.converters.embedder.trunks import IMAGENET_MEAN, TRUNKS
 
     table = Table(title="embedder trunks")
-    for col in ("name", "dim", "stride", "default weights", "description"):
+    for col in ("name", "dim", "stride", "input", "default weights", "licence", "description"):
         table.add_column(col, overflow="fold")
     for t in TRUNKS.values():
-        table.add_row(t.name, str(t.feature_dim), str(t.stride), t.default_weights, t.description)
+        scaling = "ImageNet mean/std" if t.mean == IMAGENET_MEAN else f"(x - {t.mean[0] * 255:g}) / {t.std[0] * 255:g}"
+        table.add_row(t.name, str(t.feature_dim), str(t.stride), scaling, t.default_weights, t.license, t.description)
     console.print(table)
 
 
@@ -78,7 +79,7 @@ def fit_head_cmd(
     catalog: Optional[Path] = typer.Option(None, help="A catalog (catalog.csv / .jsonl, or a Grocery folder with classes.csv + split files: its catalog images and training photos are used), or any image folder."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint to write (default: <cache>/embedder/<trunk>-pca-<dim>.pt)."),
     trunk: str = typer.Option(_DEFAULTS["trunk"], help="Trunk registry name (shoplens embedder trunks)."),
-    weights: Optional[str] = typer.Option(None, help="Trunk weights: file, or torchvision enum name (IMAGENET1K_V2)."),
+    weights: Optional[str] = typer.Option(None, help="Trunk weights: file, or torchvision enum name (IMAGENET1K_V2); default: the trunk's."),
     random_init: bool = typer.Option(False, "--random", help="Random trunk (plumbing tests only; never ship)."),
     dim: int = typer.Option(_DEFAULTS["dim"], help="Embedding dimension."),
     input_size: int = typer.Option(_DEFAULTS["input_size"], help="Square input size in pixels (the shipped model: 224)."),
@@ -130,12 +131,14 @@ def _train_options() -> list[inspect.Parameter]:
     return params
 
 
-def _default_train_out(catalog: Optional[Path], holdout: int) -> Path:
-    """``<cache>/embedder/resnet50v2-s3-256[-<shop catalog>][-holdout<N>].pt``: a shop's run never overwrites the Grocery one."""
+def _default_train_out(catalog: Optional[Path], holdout: int, trunk: str = _DEFAULTS["trunk"], dim: int = _DEFAULTS["dim"]) -> Path:
+    """``<cache>/embedder/resnet50v2-s3-256[-<shop catalog>][-holdout<N>].pt`` (another trunk: ``<trunk>-<dim>...``):
+    a shop's run never overwrites the Grocery one, nor one trunk's run another's."""
     from shoplens.converters.embedder.data import is_grocery_layout
 
+    stem = "resnet50v2-s3-256" if trunk == _DEFAULTS["trunk"] else f"{trunk}-{dim}"
     shop = f"-{catalog.stem}" if catalog is not None and not is_grocery_layout(catalog) else ""
-    return _default_checkpoint("resnet50v2-s3-256" + shop + (f"-holdout{holdout}" if holdout else ""))
+    return _default_checkpoint(stem + shop + (f"-holdout{holdout}" if holdout else ""))
 
 
 def train_cmd(**options: Any) -> None:
@@ -157,7 +160,7 @@ def train_cmd(**options: Any) -> None:
     if not options["evaluate"]:
         options["select"] = "last"  # without per-epoch figures there is no best epoch to pick
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    options["out"] = options["out"] or _default_train_out(options["catalog"], options["holdout"])
+    options["out"] = options["out"] or _default_train_out(options["catalog"], options["holdout"], options["trunk"], options["dim"])
     options["catalog"] = _catalog_dir(options["catalog"])
     try:
         result = train(TrainConfig(**options))

@@ -1,8 +1,8 @@
 """The embedder network and its checkpoint: uint8 RGB in, unit-length 256-d vector out, all in one graph.
 
 Everything between the camera crop and the vector lives in the model
-(uint8 -> float, per-channel ImageNet normalisation, trunk, pooling, linear
-head, L2), so a phone only resizes the crop and the converted artifacts cannot
+(uint8 -> float, the trunk's per-channel normalisation (ImageNet mean/std, or
+[-1, 1] for EfficientNet-Lite), trunk, pooling, linear head, L2), so a phone only resizes the crop and the converted artifacts cannot
 drift from the reference by a mis-copied mean/std. Per-channel normalisation
 stays in the graph because a CoreML ImageType has a single scale (folding it
 there cost cos 0.9935 on ResNet50 fp16).
@@ -73,6 +73,8 @@ class Embedder(nn.Module):
         spec = get_trunk(config.trunk)
         if config.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, not {config.pool!r}")
+        if config.input_size % spec.input_multiple:
+            raise ValueError(f"trunk {spec.name} needs an input size that is a multiple of {spec.input_multiple}, not {config.input_size}")
         self.config = config
         self.trunk = trunk
         self.pool: nn.Module | None = GeM(config.gem_p) if config.pool == "gem" else None

