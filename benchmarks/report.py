@@ -123,6 +123,8 @@ class Chart:
     ``bars``: a horizontal bar per row, one panel per column group (columns in a group share a unit).
     ``scatter``: ``x`` against ``y``, a colour per ``label`` group (e.g. recall vs latency).
     ``stages``: one row whose ``<stage>_<stat>_ms`` columns become bars per stage (``panels[0]`` = stats).
+    ``only``: plot only the rows where this column is set (a results file whose full table is a grid
+    marks its headline rows that way); the full table still has every row.
     """
 
     kind: str
@@ -132,9 +134,11 @@ class Chart:
     y: str = ""
     log: bool = False
     caption: str = ""
+    only: str = ""
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "label": self.label, "panels": self.panels, "x": self.x, "y": self.y, "log": self.log}
+        spec = {"kind": self.kind, "label": self.label, "panels": self.panels, "x": self.x, "y": self.y, "log": self.log}
+        return spec | {"only": self.only} if self.only else spec  # charts without it keep their data hash
 
 
 CHARTS: dict[str, Chart] = {
@@ -148,9 +152,12 @@ CHARTS: dict[str, Chart] = {
                               caption="Converted YOLOv8n: file size, and the share of PyTorch's boxes the converted model finds (IoU 0.5, same class)."),
     "device_flow": Chart("stages", panels=(("p50", "p90"),),
                          caption="The phone's flow per stage on the val photos (ms, p50 and p90)."),
-    "detector_flow": Chart("scatter", ("rule", "search_whole_photo", "max_objects"), x="mosaic_found", y="val_r@1",
-                           caption="Object-choice rules on the val photos: R@1 of the photo's answer (one product per photo) against the share of the "
-                                   "products found in 2x2 mosaics of four; one colour per whole-photo setting x max objects (the shipped rule and the whole photo alone on their own), one point per min box."),
+    "detector_flow": Chart("bars", ("detector", "rule", "min_box_fraction", "max_objects", "search_whole_photo"),
+                           (("found_2", "found_3", "found_4"), ("val_r@1",)), only="rule",
+                           caption="Scenes of 2, 3 and 4 val photos of different products at random positions and sizes: the share of the products "
+                                   "found (a searched box with IoU >= 0.5 on the product, and the product its top-1), and R@1 on the single-product "
+                                   "val photos; each detector at its manifest's rule, beside the whole photo alone, the no-learning baseline (whole "
+                                   "photo + 4 quadrants + centre crop) and each piece searched alone (the ceiling)."),
     "embedder": Chart("bars", ("model", "precision", "runtime"), (("photo_iconic_r@1", "unseen_photo_iconic_r@1"),),
                       caption="Shelf photo -> iconic image recall@1: all products, and products the model never saw in training."),
     "embedder_holdout": Chart("bars", ("recipe", "split"), (("unseen_photo_iconic_r@1", "unseen_train_photo_iconic_r@1"),),
@@ -199,6 +206,8 @@ def choose_chart(stem: str, rows: list[dict[str, Any]]) -> Chart | None:
 
 def chart_data(chart: Chart, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Exactly what the chart plots (its hash decides whether the PNG is current)."""
+    if chart.only:
+        rows = [r for r in rows if r.get(chart.only)]
     if chart.kind == "stages":
         row = rows[0]
         stats = chart.panels[0]
