@@ -178,7 +178,7 @@ def _start_manifest(bundle: Path, opts: DetectorConvertOptions, ref: TorchDetect
     (someone tuned it for these weights; reconverting must not reset it). A new bundle ignores
     only labels its detector has (a one-class "product" model has no "person" to ignore).
     """
-    source = SourceSpec(name=ref.weights.stem, weights=ref.weights.name, weights_sha256=ref.weights_sha256, license=ref.license)
+    source = SourceSpec(name=ref.weights.stem, weights=ref.weights.name, weights_sha256=ref.weights_sha256, license=ref.license, training=ref.training)
     detector = DetectorSpec(
         class_names=ref.class_names,
         box_format=BoxFormat.XYWH_CENTER,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shoplens.contract.manifest import ColorOrder, InputSpec, Layout, ResizeMode, TensorDType
+from shoplens.contract.manifest import ColorOrder, InputSpec, Layout, ResizeMode, TensorDType, TrainingRecord
 from shoplens.contract.model_id import sha256_file
 from shoplens.offline import prepare_ultralytics
 from shoplens.resources import ResourceNotFound, find_weights, is_offline
@@ -67,6 +67,7 @@ class TorchDetector:
     class_names: list[str]
     stride: int
     license: str | None = None  # as the checkpoint declares it (Ultralytics checkpoints: AGPL-3.0)
+    training: TrainingRecord | None = None  # the run that wrote the checkpoint, when it records one
 
     @property
     def num_classes(self) -> int:
@@ -105,4 +106,21 @@ def load_torch_detector(weights: str | os.PathLike[str]) -> TorchDetector:
     class_names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
     ckpt = getattr(model, "ckpt", None)
     declared = ckpt.get("license") if isinstance(ckpt, dict) else None
-    return TorchDetector(model, path, class_names, int(max(net.stride)), str(declared) if declared else None)
+    return TorchDetector(model, path, class_names, int(max(net.stride)), str(declared) if declared else None,
+                         training_record(ckpt) if isinstance(ckpt, dict) else None)
+
+
+def training_record(ckpt: dict[str, Any]) -> TrainingRecord | None:
+    """The training run an ultralytics checkpoint records (``train_results``: per-epoch rows with ultralytics'
+    cumulative ``time``; ``train_metrics``: the final validation), or None when it records none (the
+    official COCO checkpoints carry only their arguments)."""
+    results = ckpt.get("train_results")
+    if not isinstance(results, dict) or not results.get("epoch"):
+        return None
+    times = results.get("time") or []
+    args = ckpt.get("train_args") or {}
+    metrics = {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items() if isinstance(v, (int, float))}
+    return TrainingRecord(epochs=len(results["epoch"]), seconds=round(float(times[-1]), 1) if times else None,
+                          imgsz=int(args["imgsz"]) if isinstance(args.get("imgsz"), int) else None,
+                          data=str(args["data"]) if args.get("data") else None, metrics=metrics,
+                          finished_at=str(ckpt["date"]) if ckpt.get("date") else None)

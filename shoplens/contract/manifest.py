@@ -202,6 +202,17 @@ class EmbedderSpec(_Strict):
     model_id: str = Field(pattern=MODEL_ID_PATTERN)
 
 
+class TrainingRecord(_Strict):
+    """How the weights were trained, as their checkpoint records it (an ultralytics run, e.g. `shoplens detector train`)."""
+
+    epochs: int = Field(ge=0, description="epochs run")
+    seconds: float | None = Field(default=None, ge=0, description="wall time of the training epochs (ultralytics' own clock)")
+    imgsz: int | None = Field(default=None, ge=1, description="training input size in pixels")
+    data: str | None = Field(default=None, description="the training data as the run named it (a data.yaml path)")
+    metrics: dict[str, float] = Field(default_factory=dict, description="validation metrics at the end of the run (its own val set)")
+    finished_at: str | None = Field(default=None, description="ISO time the checkpoint was written")
+
+
 class SourceSpec(_Strict):
     name: str = Field(description="architecture / registry name, e.g. yolov8n or resnet50v2-imagenet-s3")
     weights: str = Field(description="where the source weights came from (file name, enum, URL)")
@@ -209,6 +220,8 @@ class SourceSpec(_Strict):
     license: str | None = Field(default=None, description="the weights' licence as their source declares it (an Ultralytics "
                                 "checkpoint's own 'license', a trunk's registry entry); an app that embeds the bundle "
                                 "inherits it (docs/converters.md, Licence)")
+    training: TrainingRecord | None = Field(default=None, description="how the weights were trained, when their checkpoint records "
+                                            "the run (epochs, time, final val metrics); null for weights that do not say")
 
 
 class ParitySummary(_Strict):

@@ -44,6 +44,7 @@ def test_bundle_manifest_is_complete_and_verifiable(bundle, yolov8n_path: Path) 
     assert m == load_manifest(bundle.bundle_dir)
     assert m.source.weights_sha256 == sha256_file(yolov8n_path)
     assert m.source.license and m.source.license.startswith("AGPL-3.0")  # the checkpoint's own declaration travels with it
+    assert m.source.training is None  # the official COCO checkpoint records no training run
     assert m.detector is not None and m.detector.boxes_normalized
     assert len(m.detector.class_names) == 80 and m.detector.class_names[0] == "person"
     assert (m.detector.conf_threshold, m.detector.iou_threshold) == (0.25, 0.45)

@@ -183,7 +183,7 @@ def test_a_short_real_run_lowers_the_loss_and_finds_a_pasted_product(trained, gr
 
 
 @pytest.mark.slow
-def test_a_finished_run_is_not_trained_again_and_converts_as_product(trained, tmp_path: Path) -> None:
+def test_a_finished_run_is_not_trained_again_and_converts_as_product(trained, grocery_dir: Path, tmp_path: Path) -> None:
     from shoplens.converters.detector.convert import DetectorConvertOptions, _start_manifest, default_eval_dirs
     from shoplens.converters.detector.reference import load_torch_detector
     from shoplens.converters.detector.train import train_detector
@@ -195,5 +195,14 @@ def test_a_finished_run_is_not_trained_again_and_converts_as_product(trained, tm
     manifest = _start_manifest(tmp_path, DetectorConvertOptions(weights=first.best, out=tmp_path), ref, boxes_normalized=True)
     assert manifest.detector is not None and manifest.detector.class_names == ["product"]
     assert manifest.detector.object_choice.ignore_labels == [], "a product-only model has no 'person' to ignore"
+    from shoplens.converters.detector.train_cli import next_step
+
+    printed = next_step(first.best, 96, first.dataset.root, tmp_path / "bundle", [grocery_dir / "train"]).split()
+    assert printed[printed.index("--eval-labelled") + 1] == str(first.dataset.root / "images" / "val")
+    calib = [printed[i + 1] for i, a in enumerate(printed) if a == "--calib"]  # its own scenes and real photos
+    assert calib == [str(first.dataset.root / "images" / "train"), str(grocery_dir / "train")]
+    training = manifest.source.training  # the run travels with the bundle: epochs, time, final val metrics
+    assert training is not None and training.epochs == first.epochs_done and 0 < training.seconds <= first.seconds
+    assert training.imgsz == opts.scenes.imgsz and "metrics/mAP50(B)" in training.metrics
     labelled, extra = default_eval_dirs(ref.class_names)
     assert labelled == [], "coco8's COCO labels cannot score a one-class model"
