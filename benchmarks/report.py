@@ -155,7 +155,7 @@ CHARTS: dict[str, Chart] = {
     "detector_flow": Chart("bars", ("detector", "rule", "min_box_fraction", "max_objects", "search_whole_photo"),
                            (("found_2", "found_3", "found_4"), ("val_r@1",)), only="rule",
                            caption="Scenes of 2, 3 and 4 val photos of different products at random positions and sizes: the share of the products "
-                                   "found (a searched box with IoU >= 0.5 on the product, and the product its top-1), and R@1 on the single-product "
+                                   "found (a searched box lying mostly on the product, and the product its top-1), and R@1 on the single-product "
                                    "val photos; each detector at its manifest's rule, beside the whole photo alone, the no-learning baseline (whole "
                                    "photo + 4 quadrants + centre crop) and each piece searched alone (the ceiling)."),
     "embedder": Chart("bars", ("model", "precision", "runtime"), (("photo_iconic_r@1", "unseen_photo_iconic_r@1"),),
