@@ -80,7 +80,8 @@ from shoplens.contract.manifest import InputSpec, ObjectChoice, load_manifest  #
 from shoplens.demo.grocery import load_grocery  # noqa: E402
 from shoplens.resources import grocery_store  # noqa: E402
 from shoplens.sdk.images import load_rgb  # noqa: E402
-from shoplens.sdk.runtime import Detector, Embedder, Region, fuse_hits, plan_regions, region_pixels, resolve_bundles  # noqa: E402
+from shoplens.sdk.importer import import_options  # noqa: E402
+from shoplens.sdk.runtime import DeviceRuntime, Detector, Embedder, Region, fuse_hits, plan_regions, region_pixels, resolve_bundles  # noqa: E402
 from shoplens.sdk.tensors import prepare_input  # noqa: E402
 from shoplens.settings import get_settings  # noqa: E402
 
@@ -109,6 +110,8 @@ LATENCY_RUNS, LATENCY_WARMUP = 30, 3
 #: issue 31's targets for a detector
 TARGET_FOUND_4, TARGET_SIZE_MB, TARGET_LATENCY_MS, TARGET_PARITY = 0.75, 3.5, 25.0, 0.95
 WHOLE, BASELINE, CEILING = "whole photo", "whole photo + fixed crops", "each piece alone"
+#: rows whose catalog was embedded as ``shoplens index`` embeds it with that detector (``--catalog-crops``)
+IMPORT_CATALOG = "catalog: import crops"
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -491,10 +494,11 @@ def detector_targets(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[
 
 def describe(r: dict[str, Any]) -> str:
     """A row's rule in words, for the console: the fixed rows' names, a detector rule's values."""
-    if r["detector"] is None:
+    if r["detector"] is None or r["min_box_fraction"] is None:
         return r["rule"]
-    marks = ", ".join(m for m, on in (("manifest", r["rule"] == "manifest"), ("selected", r["selected"])) if on)
-    return f"{marks}: min box {r['min_box_fraction']:g}, {r['max_objects']} boxes{' + whole' if r['search_whole_photo'] else ''}"
+    marks = ", ".join(m for m, on in (("manifest", r["rule"].startswith("manifest")), ("selected", r["selected"])) if on)
+    catalog = f" ({IMPORT_CATALOG})" if r["rule"].endswith(IMPORT_CATALOG) else ""
+    return f"{marks}: min box {r['min_box_fraction']:g}, {r['max_objects']} boxes{' + whole' if r['search_whole_photo'] else ''}{catalog}"
 
 
 def progress(what: str, n: int, total: int, t0: float, every: int = 25) -> None:
@@ -537,6 +541,49 @@ def run_scenes(scenes: list[Scene], runs: list[DetectorRun], fixed: dict[str, Ta
     vectors.save()
 
 
+def import_catalog_vectors(emb_dir: Path, run: DetectorRun, items: list[tuple[Path, str]]) -> tuple[np.ndarray, int]:
+    """The catalog embedded as ``shoplens index`` embeds it with this detector (``import_options``: the
+    manifest's rule, the top box only, the whole image when no box is kept); cached per embedder,
+    detector and file list. Returns the vectors and how many images were cropped."""
+    rt = DeviceRuntime.from_bundle(embedder=emb_dir, detector=run.bundle, num_threads=THREADS, options=import_options())
+    ids = "\n".join([rt.embedder.model_id, rt.embedder.artifact.sha256, run.detector.artifact.sha256, run.shipped.model_dump_json(), *(str(p) for p, _ in items)])
+    cache = cache_dir() / f"import-catalog-{run.name}-{hashlib.sha256(ids.encode()).hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            return f["vectors"], int(f["cropped"])
+    t0, vecs, cropped = time.perf_counter(), [], 0
+    for n, (path, _) in enumerate(items, start=1):
+        first = rt.process(load_rgb(path)).objects[0]
+        vecs.append(first.vector)
+        cropped += first.source != "whole_image"
+        progress(f"catalog as {run.name} imports it", n, len(items), t0, every=250)
+    out = np.stack(vecs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, vectors=out, cropped=cropped)
+    return out, cropped
+
+
+def import_catalog_rows(run: DetectorRun, catalog: Catalog, val: list[tuple[Path, str]], scenes: list[Scene], vectors: RegionVectors,
+                        whole_r1: float) -> list[dict[str, Any]]:
+    """Queries against the catalog the import made with this detector: the whole photo, and the manifest's rule."""
+    whole, rule = Tally(), Tally()
+    t0 = time.perf_counter()
+    queries: list[tuple[np.ndarray, str | Scene]] = [(load_rgb(p), pid) for p, pid in val] + [(s.render(), s) for s in scenes]
+    for n, (rgb, truth) in enumerate(queries, start=1):
+        q = Query(rgb, vectors, catalog)
+        regions = plan_regions(run.detector.detect(q.rgb), q.size, run.shipped, run.detector.class_names)
+        if isinstance(truth, Scene):
+            whole.add_scene(q, [q.whole()], 0.0, truth)
+            rule.add_scene(q, regions, run.shipped.crop_margin, truth)
+        else:
+            whole.add_photo(q, [q.whole()], 0.0, truth)
+            rule.add_photo(q, regions, run.shipped.crop_margin, truth)
+        progress(f"queries on {run.name}'s import catalog", n, len(queries), t0, every=100)
+    vectors.save()
+    return [{**row(run.name, f"{WHOLE}; {IMPORT_CATALOG}", None, whole, whole_r1), "selected": None},
+            {**row(run.name, f"manifest; {IMPORT_CATALOG}", run.shipped, rule, whole_r1), "selected": None}]
+
+
 def bundles(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     """The embedder bundle and the detector bundles (``--detector``, else the one under ``--bundle``)."""
     emb_dir, det_dir = resolve_bundles(args.bundle, with_detector=not args.detector)
@@ -559,6 +606,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=296, help="val photos (all 296 by default)")
     ap.add_argument("--scenes", type=int, default=100, help="scenes per number of products (2, 3 and 4)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--catalog-crops", action="store_true",
+                    help="also embed the catalog as `shoplens index` does with each detector (its top box per image) and query it "
+                         "with the whole photo and the manifest's rule (val photos and the 4-product scenes)")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -592,7 +642,18 @@ def main() -> None:
         run_rows = run.rows(whole_r1)
         rows += run_rows
         targets += detector_targets(run_rows, f)
+    crop_notes = []
+    if args.catalog_crops:
+        for run in runs:
+            crop_vecs, cropped = import_catalog_vectors(emb_dir, run, items)
+            crop_catalog = Catalog(crop_vecs, [pid for _, pid in items])
+            rows += import_catalog_rows(run, crop_catalog, val, scenes[max(SCENE_PRODUCTS)], vectors, whole_r1)
+            crop_notes.append(f"{IMPORT_CATALOG} ({run.name}): the catalog embedded as `shoplens index` does with this detector (import_options: the "
+                              f"manifest's rule, top box only, whole image when none is kept): {cropped} of {len(items)} images cropped; queried "
+                              f"with the whole photo and with the manifest's rule, val photos and the {max(SCENE_PRODUCTS)}-product scenes; "
+                              "val_gain_vs_whole against the whole photo on the whole-image catalog")
     notes = [
+        *crop_notes,
         f"catalog: {len(data.products)} iconic images + {len(data.train)} train photos embedded whole by {embedder.model_id} ({embedder.artifact.file}); "
         f"brute-force cosine, best image per product, top {TOP_K}; queries: {len(val)} val photos, {args.scenes} scenes each of {SCENE_PRODUCTS} products",
         *(f"detector {run.name} ({run.detector.artifact.file}, {len(run.detector.class_names)} classes): the manifest's thresholds "

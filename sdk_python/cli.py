@@ -129,9 +129,11 @@ def index(
                                                 "Repeat it to index for several models in one pass (e.g. during a rollout); the detector is the first one's."),
     embedder: Optional[list[Path]] = typer.Option(None, "--embedder", help="An embedder bundle folder (overrides --bundle's); repeat it for several models."),
     detector: Optional[Path] = typer.Option(None, "--detector", help="A detector bundle folder (overrides --bundle's)."),
-    no_detector: bool = typer.Option(False, "--no-detector", help="Embed whole images (catalog photos already framed on the product)."),
-    min_box: Optional[float] = typer.Option(None, "--min-box", min=0.0, max=1.0, help="Ignore detections smaller than this share of the image, then the whole image "
-                                            "is embedded (default: the detector manifest's object_choice.min_box_fraction, the app's rule)."),
+    detect: bool = typer.Option(False, "--detect/--no-detector", help="Crop each catalog image to its main detection (the bundle's detector, the manifest's rule, "
+                                "top box) before embedding; --detector implies it. Off by default: images are embedded whole, which measured 14.6 "
+                                "points of R@1 better on the Grocery catalog (docs/sdk.md, Catalog import)."),
+    min_box: Optional[float] = typer.Option(None, "--min-box", min=0.0, max=1.0, help="With --detect: ignore detections smaller than this share of the image, then "
+                                            "the whole image is embedded (default: the detector manifest's object_choice.min_box_fraction, the app's rule)."),
     server: Optional[str] = typer.Option(None, "--server", help="Write through this service's admin API (else straight to Milvus at SHOPLENS_MILVUS_URI)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SHOPLENS_ADMIN_KEY", help="Admin key for --server."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Embedding processes (--engine ray: embedding actors on the cluster, at most)."),
@@ -160,7 +162,7 @@ def index(
     roots = list(bundle or []) or [default_bundle_dir()]
     explicit = list(embedder or [])
     resolved = [resolve_bundles(root, embedder=explicit[k] if k < len(explicit) else None, detector=detector,
-                                with_detector=not no_detector) for k, root in enumerate(roots)]
+                                with_detector=detect or detector is not None) for k, root in enumerate(roots)]
     resolved += [resolve_bundles(None, embedder=e, with_detector=False) for e in explicit[len(roots):]]
     embs, det = [emb for emb, _ in resolved], resolved[0][1]
     model_ids = [load_manifest(e).embedder.model_id for e in embs]  # type: ignore[union-attr]

@@ -102,6 +102,15 @@ class ImportSummary:
 _RUNTIMES: list[Any] = []
 
 
+def import_options(min_box_fraction: float | None = None) -> Any:
+    """How the import picks what to embed in a catalog image: the detector manifest's rule, one box
+    (the top one), no extra whole-image vector; the whole image when no box is kept. One vector per
+    image. (benchmarks/detector_flow.py --catalog-crops measures it against embedding images whole.)"""
+    from shoplens.sdk.runtime import FlowOptions
+
+    return FlowOptions(max_objects=1, search_whole_photo=False, min_box_fraction=min_box_fraction)
+
+
 def _init_worker(embedder: str | list[str], detector: str | None, precision: str | None, threads: int, min_box_fraction: float | None = None) -> None:
     """One DeviceRuntime per embedder; only the first detects (the others embed the same crop).
 
@@ -109,9 +118,9 @@ def _init_worker(embedder: str | list[str], detector: str | None, precision: str
     margin), the phone's rule; one vector per image, so one box and no extra whole-photo vector.
     """
     global _RUNTIMES
-    from shoplens.sdk.runtime import DeviceRuntime, FlowOptions
+    from shoplens.sdk.runtime import DeviceRuntime
 
-    options = FlowOptions(max_objects=1, search_whole_photo=False, min_box_fraction=min_box_fraction)
+    options = import_options(min_box_fraction)
     embedders = [embedder] if isinstance(embedder, str) else list(embedder)
     _RUNTIMES = [DeviceRuntime.from_bundle(embedder=e, detector=detector if k == 0 else None, precision=precision,
                                            num_threads=threads, options=options) for k, e in enumerate(embedders)]

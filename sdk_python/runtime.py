@@ -1,7 +1,7 @@
 """The phone's flow in Python: detect -> choose objects -> crop -> embed -> encode, with LiteRT.
 
 Driven only by bundle manifests (input spec, output roles, thresholds, model
-id), so the same code runs our converted ResNet and a third-party TFLite
+id), so the same code runs our converted embedder and a third-party TFLite
 embedder. No torch: this is what a phone has.
 """
 

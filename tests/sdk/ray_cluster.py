@@ -116,6 +116,10 @@ class RayCluster:
     workers: list[Node] = field(default_factory=list)
 
     @property
+    def host(self) -> str:
+        return HOST
+
+    @property
     def address(self) -> str:
         return f"{HOST}:{self.gcs_port}"
 

@@ -242,3 +242,51 @@ def test_other_local_ray_start_failures_are_not_retried() -> None:
     with pytest.raises(RuntimeError):
         _start_local(ray, workers=2)
     assert (len(ray.inits), ray.shutdowns) == (1, 0)
+
+
+@pytest.mark.slow
+def test_index_embeds_whole_images_unless_asked_to_detect(tmp_path: Path, grocery_dir: Path, mobilenet_bundle: Path) -> None:
+    """`shoplens index` embeds each catalog image whole by default (it measured better: docs/sdk.md);
+    `--detect` crops it to its main detection first, exactly as `import_options` says (the detector
+    manifest's rule, top box)."""
+    import subprocess
+    import sys
+
+    from shoplens.cloud import schema as cs
+    from shoplens.cloud.store import CatalogStore
+    from shoplens.sdk.images import load_rgb
+    from shoplens.sdk.importer import import_options
+    from shoplens.sdk.runtime import DeviceRuntime, Embedder
+    from shoplens.settings import Settings
+
+    detector = Path(__file__).resolve().parents[2] / "mobile_assets" / "yolov8n"
+    photos = [grocery_dir / line.split(",")[0].strip() for line in (grocery_dir / "train.txt").read_text().splitlines()[:40:8]]
+    cat = tmp_path / "catalog.jsonl"
+    cat.write_text("\n".join(json.dumps({"product_id": f"p{i}", "image": str(p)}) for i, p in enumerate(photos)) + "\n")
+
+    def index(name: str, *extra: str) -> dict[str, np.ndarray]:
+        env = {**os.environ, "SHOPLENS_MILVUS_URI": str(tmp_path / f"{name}.db"), "SHOPLENS_COLLECTION": name}
+        res = subprocess.run([sys.executable, "-m", "shoplens", "index", "--catalog", str(cat), "--embedder", str(mobilenet_bundle), *extra,
+                              "--state", str(tmp_path / f"{name}.state.db"), "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        store = CatalogStore(Settings(milvus_uri=str(tmp_path / f"{name}.db"), collection=name))
+        try:
+            binding = store.binding(refresh=True)
+            assert binding is not None
+            rows = store._on_collection("query", binding.collection, lambda c: c.query(
+                binding.collection, filter="", output_fields=["product_id", cs.VECTOR], limit=100, consistency_level="Strong"))
+        finally:
+            store.close()
+        return {r["product_id"]: np.asarray(r[cs.VECTOR], dtype=np.float32) for r in rows}
+
+    whole, detected = index("whole"), index("detected", "--detect", "--detector", str(detector))
+    embedder = Embedder(mobilenet_bundle)
+    flow = DeviceRuntime.from_bundle(embedder=mobilenet_bundle, detector=detector, options=import_options())
+    cropped = 0
+    for i, path in enumerate(photos):
+        rgb = load_rgb(path)
+        assert float(whole[f"p{i}"] @ embedder.embed(rgb)) >= 0.9999
+        main = flow.process(rgb).objects[0]
+        cropped += main.source == "detector"
+        assert float(detected[f"p{i}"] @ main.vector) >= 0.9999
+    assert cropped >= 2, "too few shelf photos had a detection: the test would not tell crops from whole images"

@@ -35,6 +35,7 @@ N_IMAGES = 240  # real grocery shelf photos; plus one exact duplicate and one mi
 SHIPPED = Path(__file__).resolve().parents[2] / "mobile_assets" / "resnet50v2-s3-256"
 SUMMARY = re.compile(r"(\d+) imported, (\d+) already indexed \(resumed\), (\d+) exact duplicates, (\d+) failed, of (\d+)")
 IMPORT_TIMEOUT_S = 420
+CLIENT_IMAGES = 40  # through Ray Client (ray://): the same pipeline, a smaller catalog
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,25 @@ def test_cluster_import_equals_the_local_engine(cluster: RayCluster, catalog: Pa
         assert product == ref_product
         cos = float(vec @ ref_vec / (np.linalg.norm(vec) * np.linalg.norm(ref_vec)))
         assert cos >= 0.9999, f"{image_id}: cos {cos:.6f} to the local engine's vector"
+
+
+def test_ray_client_address_imports_through_the_heads_client_server(cluster: RayCluster, catalog: Path, reference: dict[str, tuple[str, np.ndarray]], tmp_path: Path) -> None:
+    """`--ray-address ray://HOST:PORT` (Ray Client: a driver that is not on a cluster node): the
+    pipeline runs in a coordinator actor on the head (Ray Data cannot run through Ray Client), the
+    embedding actors write through the service; the rows equal the local engine's."""
+    rows_in = catalog.read_text().splitlines()[:CLIENT_IMAGES]
+    small = tmp_path / "catalog.jsonl"
+    small.write_text("\n".join(rows_in) + "\n")
+    with live_service(tmp_path / "client.db") as url:
+        counts = _index(small, tmp_path / "state.db", "--engine", "ray", "--ray-address", f"ray://{cluster.host}:{cluster.client_port}",
+                        "--workers", "2", "--server", url, "--api-key", ADMIN_KEY, env=cluster.env, cluster=cluster)
+    assert counts == (CLIENT_IMAGES, 0, 0, 0, CLIENT_IMAGES)
+    rows = _lite_rows(tmp_path / "client.db")
+    assert set(rows) == _expected_ids(small) and set(rows) <= set(reference)
+    for image_id, (product, vec) in rows.items():
+        ref_product, ref_vec = reference[image_id]
+        assert product == ref_product
+        assert float(vec @ ref_vec / (np.linalg.norm(vec) * np.linalg.norm(ref_vec))) >= 0.9999, image_id
 
 
 def test_worker_node_killed_then_driver_killed_the_rerun_loses_and_duplicates_nothing(cluster: RayCluster, catalog: Path, tmp_path: Path) -> None:
