@@ -21,7 +21,7 @@ def demo(
     products: Optional[int] = typer.Option(None, "--products", min=2, max=81, help="Use only the first N of the 81 products (catalog and queries), for a quick look."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Processes for the catalog import."),
     report: Path = typer.Option(Path("demo_report.html"), "--report", help="Where to write the HTML report."),
-    catalog_detect: bool = typer.Option(False, "--catalog-detect/--no-catalog-detect", help="Also crop catalog images to their main detection (slower; the catalog photos are already framed on the product)."),
+    catalog_detect: bool = typer.Option(False, "--catalog-detect/--no-catalog-detect", help="Crop catalog images to their main detection first, as `shoplens index --detect` does (slower, and measured worse on this catalog: docs/sdk.md, Catalog import)."),
     fresh: bool = typer.Option(False, "--fresh", help="Rebuild the demo index from scratch instead of reusing the cached one."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
