@@ -14,24 +14,12 @@ from shoplens.converters.embedder.resnet_v2 import ResNetV2Trunk
 from shoplens.converters.embedder.trunks import TRUNKS, get_trunk
 from shoplens.resources import ResourceNotFound
 
+import bn_stats
+
 
 def bn_agreement(trunk: ResNetV2Trunk, x: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """Per BN: (median |batch mean - running mean| / running std, median |log(batch var / running var)|)."""
-    stats: dict[str, tuple[float, float]] = {}
-    hooks = []
-    for name, bn in trunk.bn_names().items():
-        def hook(mod: torch.nn.BatchNorm2d, inp: tuple[torch.Tensor], name: str = name) -> None:
-            a = inp[0]
-            m, v = a.mean((0, 2, 3)), a.var((0, 2, 3))
-            z = ((m - mod.running_mean) / (mod.running_var.sqrt() + 1e-3)).abs().median().item()
-            lv = torch.log((v + 1e-5) / (mod.running_var + 1e-5)).abs().median().item()
-            stats[name] = (z, lv)
-        hooks.append(bn.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        trunk(x)
-    for h in hooks:
-        h.remove()
-    return stats
+    """Per BN of the port, by its GluonCV name: see bn_stats.bn_agreement."""
+    return bn_stats.bn_agreement(trunk, x, trunk.bn_names())
 
 
 @pytest.fixture(scope="module")

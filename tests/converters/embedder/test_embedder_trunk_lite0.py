@@ -17,6 +17,8 @@ from shoplens.converters.embedder.model import EmbedderConfig, build_embedder, l
 from shoplens.converters.embedder.trunks import IMAGENET_MEAN, IMAGENET_STD, get_trunk, resolve_lite0_weights
 from shoplens.resources import ResourceNotFound
 
+from bn_stats import bn_agreement
+
 TRUNK = "efficientnet-lite0"
 #: Grocery Store products that have an ImageNet class (a word of the class name, matched in imagenet_labels.txt)
 IMAGENET_CLASS = {
@@ -80,37 +82,18 @@ def test_wheel_classifier_names_real_products_through_the_embedders_own_preproce
     assert hit[:, 0].mean() >= 0.7 and hit.any(axis=1).mean() >= 0.85, (hit[:, 0].mean(), hit.any(axis=1).mean())
 
 
-def _bn_agreement(trunk: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """Per BN: (median |batch mean - running mean| / running std, median |log(batch var / running var)|)."""
-    stats: dict[str, tuple[float, float]] = {}
-    hooks = []
-    for name, bn in trunk.named_modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            def hook(mod: torch.nn.BatchNorm2d, inp: tuple[torch.Tensor], name: str = name) -> None:
-                a = inp[0]
-                m, v = a.mean((0, 2, 3)), a.var((0, 2, 3))
-                stats[name] = (((m - mod.running_mean) / (mod.running_var.sqrt() + 1e-3)).abs().median().item(),
-                               torch.log((v + 1e-5) / (mod.running_var + 1e-5)).abs().median().item())
-            hooks.append(bn.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        trunk(x)
-    for h in hooks:
-        h.remove()
-    return stats
-
-
 def test_bn_statistics_of_real_photos_match_under_the_lite_scaling_not_imagenets(grocery_dir: Path) -> None:
     """Every BN's running statistics agree with the batch statistics of shop photos scaled to [-1, 1]; under ImageNet
     mean/std the stem's variance is off by twice as much (measured median |log var ratio| 0.49 vs 1.06)."""
     torch.set_num_threads(2)
     batch = torch.from_numpy(load_batch([s.path for s in load_catalog(grocery_dir).split("train")[::110]], 224)).permute(0, 3, 1, 2).float()
     trunk = get_trunk(TRUNK).build().eval()
-    lite = _bn_agreement(trunk, (batch - 127.0) / 128.0)
+    lite = bn_agreement(trunk, (batch - 127.0) / 128.0)
     assert len(lite) == 49
     bad = {n: s for n, s in lite.items() if s[0] > 0.5 or s[1] > 1.0}
     assert not bad, f"BN statistics disagree with real photos: {bad}"
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (IMAGENET_MEAN, IMAGENET_STD))
-    imagenet = _bn_agreement(trunk, (batch - mean) / std)
+    imagenet = bn_agreement(trunk, (batch - mean) / std)
     assert imagenet["stem.1"][1] > 1.5 * lite["stem.1"][1], (imagenet["stem.1"], lite["stem.1"])
 
 
