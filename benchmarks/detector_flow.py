@@ -91,6 +91,8 @@ TOP_K = 5
 THREADS = 2
 MIN_BOXES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 MAX_OBJECTS = (1, 4, 8)
+#: detection confidence thresholds tried besides the manifest's (one inference per query, decoded at each)
+CONF_THRESHOLDS = (0.25, 0.1, 0.05)
 #: the flow may cost at most this much R@1 against the whole photo (issue 31's target)
 MAX_LOSS = 0.005
 #: most boxes a chosen rule may search: with the whole photo that is 5 embeddings per photo on the phone
@@ -376,10 +378,10 @@ class Tally:
         return out
 
 
-def row(detector: str | None, rule: str, choice: ObjectChoice | None, tally: Tally, whole_r1: float) -> dict[str, Any]:
-    """One results row: the same columns for every way of choosing regions."""
+def row(detector: str | None, rule: str, choice: ObjectChoice | None, tally: Tally, whole_r1: float, conf: float | None = None) -> dict[str, Any]:
+    """One results row: the same columns for every way of choosing regions (``conf``: the detection threshold)."""
     return {
-        "detector": detector, "rule": rule,
+        "detector": detector, "rule": rule, "conf_threshold": conf,
         "min_box_fraction": choice.min_box_fraction if choice else None, "max_objects": choice.max_objects if choice else None,
         "search_whole_photo": choice.search_whole_photo if choice else None,
         **tally.metrics(whole_r1), "selected": None,
@@ -403,12 +405,16 @@ class DetectorRun:
         self.bundle, self.name = bundle, bundle.name
         self.detector = Detector(bundle, num_threads=THREADS)
         self.shipped = self.detector.spec.object_choice
-        self.rules = rule_grid(self.shipped)
+        self.shipped_conf = self.detector.spec.conf_threshold
+        confs = sorted({*CONF_THRESHOLDS, self.shipped_conf}, reverse=True)
+        self.rules = [(conf, rule) for conf in confs for rule in rule_grid(self.shipped)]
         self.tallies = [Tally() for _ in self.rules]
 
     def _regions(self, q: Query) -> list[tuple[ObjectChoice, Tally, list[Region]]]:
-        dets = self.detector.detect(q.rgb)
-        return [(rule, tally, plan_regions(dets, q.size, rule, self.detector.class_names)) for rule, tally in zip(self.rules, self.tallies)]
+        raw, geo = self.detector.infer(q.rgb)  # one inference, decoded at each threshold
+        dets = {conf: self.detector.decode(raw, geo, conf_threshold=conf) for conf in {c for c, _ in self.rules}}
+        return [(rule, tally, plan_regions(dets[conf], q.size, rule, self.detector.class_names))
+                for (conf, rule), tally in zip(self.rules, self.tallies)]
 
     def add_photo(self, q: Query, expected: str) -> None:
         for rule, tally, regions in self._regions(q):
@@ -420,7 +426,8 @@ class DetectorRun:
 
     def rows(self, whole_r1: float) -> list[dict[str, Any]]:
         """A row per rule, ``rule = manifest`` on the shipped one, ``selected`` on the selection's best."""
-        rows = [row(self.name, "manifest" if rule == self.shipped else "", rule, tally, whole_r1) for rule, tally in zip(self.rules, self.tallies)]
+        rows = [row(self.name, "manifest" if (conf, rule) == (self.shipped_conf, self.shipped) else "", rule, tally, whole_r1, conf)
+                for (conf, rule), tally in zip(self.rules, self.tallies)]
         eligible = [r for r in rows if r["val_gain_vs_whole"] >= -MAX_LOSS - 1e-9 and r["max_objects"] <= BOX_BUDGET]
         best = max(eligible, key=lambda r: (round(r["found_4"] or 0.0, 6), round(r["val_r@1"], 6), -r["vectors_per_photo"])) if eligible else None
         for r in rows:
@@ -498,7 +505,8 @@ def describe(r: dict[str, Any]) -> str:
         return r["rule"]
     marks = ", ".join(m for m, on in (("manifest", r["rule"].startswith("manifest")), ("selected", r["selected"])) if on)
     catalog = f" ({IMPORT_CATALOG})" if r["rule"].endswith(IMPORT_CATALOG) else ""
-    return f"{marks}: min box {r['min_box_fraction']:g}, {r['max_objects']} boxes{' + whole' if r['search_whole_photo'] else ''}{catalog}"
+    return (f"{marks}: conf {r['conf_threshold']:g}, min box {r['min_box_fraction']:g}, {r['max_objects']} boxes"
+            f"{' + whole' if r['search_whole_photo'] else ''}{catalog}")
 
 
 def progress(what: str, n: int, total: int, t0: float, every: int = 25) -> None:
@@ -581,7 +589,7 @@ def import_catalog_rows(run: DetectorRun, catalog: Catalog, val: list[tuple[Path
         progress(f"queries on {run.name}'s import catalog", n, len(queries), t0, every=100)
     vectors.save()
     return [{**row(run.name, f"{WHOLE}; {IMPORT_CATALOG}", None, whole, whole_r1), "selected": None},
-            {**row(run.name, f"manifest; {IMPORT_CATALOG}", run.shipped, rule, whole_r1), "selected": None}]
+            {**row(run.name, f"manifest; {IMPORT_CATALOG}", run.shipped, rule, whole_r1, run.shipped_conf), "selected": None}]
 
 
 def bundles(args: argparse.Namespace) -> tuple[Path, list[Path]]:
@@ -669,6 +677,8 @@ def main() -> None:
         "searched object, whole photo included (the old mosaic count); vectors_N: vectors searched per scene",
         f"{BASELINE}: the whole photo, its 4 quadrants and its centre half (no margin), fused and counted as a rule is; "
         f"{CEILING}: each piece cut from the scene at its own box and searched alone (the ceiling a perfect box reaches)",
+        f"conf_threshold: each detector's rules at the detection thresholds {sorted({*CONF_THRESHOLDS}, reverse=True)} and its manifest's "
+        "(one inference per query, decoded at each; rule = manifest: the manifest's threshold and object choice)",
         f"selected: per detector, within {BOX_BUDGET} boxes and val R@1 within {MAX_LOSS * 100:g} point of the whole photo, the most found_4, "
         "then the best val R@1, then the fewest vectors",
         "detectors (JSON): latency on the first val photo at the detector's input size, median of "
@@ -678,7 +688,7 @@ def main() -> None:
         f"embedded {vectors.embedded} regions in this run ({vectors.cached_at_start} were cached); took {time.perf_counter() - t_start:.0f} s",
     ]
     write_result(NAME, rows, notes=notes, targets=targets, extra={"detectors": facts},
-                 print_columns=["detector", "rule", "min_box_fraction", "max_objects", "search_whole_photo", "val_r@1", "found_4", "any_top1_4"])
+                 print_columns=["detector", "rule", "conf_threshold", "min_box_fraction", "max_objects", "search_whole_photo", "val_r@1", "found_4", "any_top1_4"])
     print_table([{"detector": r["detector"], "rule": describe(r), **{k: r[k] for k in ("val_r@1", "found_2", "found_3", "found_4", "any_top1_4", "vectors_4")}}
                  for r in rows if r["rule"] or r["selected"]], title="headline: each detector's manifest rule and selected rule")
     print_table([{k: f[k] for k in ("detector", "artifact", "size_mb", "input_size", "detect_p50_ms", "invoke_p50_ms", "parity_match_rate", "training_seconds")}
