@@ -36,7 +36,7 @@ object Shoplens {
     const val DETECTOR_PAD = 114                                          // manifest: yolov8n/yolov8n_int8.tflite input.pad_value
     const val DETECTOR_ROWS = 84                                          // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[1]
     const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
-    const val CONF_THRESHOLD = 0.25f                                      // manifest: yolov8n detector.conf_threshold
+    const val CONF_THRESHOLD = 0.05f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
 
     const val EMBEDDER_FILE = "embedder_w8.tflite"                        // manifest: resnet50v2-s3-256/embedder_w8.tflite file

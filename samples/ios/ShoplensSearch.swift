@@ -29,7 +29,7 @@ enum Shoplens {
     static let detectorInputSize = 640                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.shape[2]
     static let detectorBoxesOutput = "coordinates"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[0].name
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
-    static let confidenceThreshold: Float = 0.25                      // manifest: yolov8n detector.conf_threshold
+    static let confidenceThreshold: Float = 0.05                      // manifest: yolov8n detector.conf_threshold
     static let padValue: CGFloat = 114                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.pad_value
 
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out

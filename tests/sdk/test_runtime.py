@@ -124,7 +124,7 @@ def test_shipped_bundles_run_the_whole_flow(coco8_dir: Path, grocery_dir: Path) 
     w, h = res.image_size
     for o in res.objects:
         x1, y1, x2, y2 = o.box
-        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and o.score > 0.25
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and o.score > load_manifest(root / "yolov8n").detector.conf_threshold
         assert abs(float(np.linalg.norm(o.vector)) - 1) < 1e-5
     assert res.model_id == load_manifest(root / "resnet50v2-s3-256").embedder.model_id
     assert res.payload_bytes == 344 * len(res.objects)
