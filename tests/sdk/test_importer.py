@@ -252,12 +252,10 @@ def test_index_embeds_whole_images_unless_asked_to_detect(tmp_path: Path, grocer
     import subprocess
     import sys
 
-    from shoplens.cloud import schema as cs
-    from shoplens.cloud.store import CatalogStore
+    from lite_index import lite_rows
     from shoplens.sdk.images import load_rgb
     from shoplens.sdk.importer import import_options
     from shoplens.sdk.runtime import DeviceRuntime, Embedder
-    from shoplens.settings import Settings
 
     detector = Path(__file__).resolve().parents[2] / "mobile_assets" / "yolov8n"
     photos = [grocery_dir / line.split(",")[0].strip() for line in (grocery_dir / "train.txt").read_text().splitlines()[:40:8]]
@@ -269,15 +267,7 @@ def test_index_embeds_whole_images_unless_asked_to_detect(tmp_path: Path, grocer
         res = subprocess.run([sys.executable, "-m", "shoplens", "index", "--catalog", str(cat), "--embedder", str(mobilenet_bundle), *extra,
                               "--state", str(tmp_path / f"{name}.state.db"), "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
         assert res.returncode == 0, res.stdout + res.stderr
-        store = CatalogStore(Settings(milvus_uri=str(tmp_path / f"{name}.db"), collection=name))
-        try:
-            binding = store.binding(refresh=True)
-            assert binding is not None
-            rows = store._on_collection("query", binding.collection, lambda c: c.query(
-                binding.collection, filter="", output_fields=["product_id", cs.VECTOR], limit=100, consistency_level="Strong"))
-        finally:
-            store.close()
-        return {r["product_id"]: np.asarray(r[cs.VECTOR], dtype=np.float32) for r in rows}
+        return dict(lite_rows(tmp_path / f"{name}.db", name).values())  # product id -> vector (one image per product)
 
     whole, detected = index("whole"), index("detected", "--detect", "--detector", str(detector))
     embedder = Embedder(mobilenet_bundle)

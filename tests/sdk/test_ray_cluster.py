@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from lite_index import lite_rows
 from live_service import ADMIN_KEY, free_port, live_service
 from ray_cluster import RayCluster, start_cluster
 
@@ -81,27 +82,6 @@ def _index(catalog: Path, state: Path, *args: str, env: dict[str, str], cluster:
     return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
 
 
-def _lite_rows(db: Path) -> dict[str, tuple[str, np.ndarray]]:
-    """image id -> (product id, vector) of every row of the served collection in a Lite file; a
-    duplicated image id fails here."""
-    from shoplens.cloud import schema as cs
-    from shoplens.cloud.store import CatalogStore
-    from shoplens.settings import Settings
-
-    store = CatalogStore(Settings(milvus_uri=str(db)))
-    try:
-        binding = store.binding(refresh=True)
-        assert binding is not None, f"nothing served in {db}"
-        rows = store._on_collection("query", binding.collection, lambda c: c.query(
-            binding.collection, filter="", output_fields=[cs.PK, "product_id", cs.VECTOR], limit=16384, consistency_level="Strong"))
-        count = store.count(binding)
-    finally:
-        store.close()
-    ids = [r[cs.PK] for r in rows]
-    assert len(ids) == len(set(ids)) == count, f"{count} rows, {len(set(ids))} distinct image ids: duplicated rows"
-    return {r[cs.PK]: (r["product_id"], np.asarray(r[cs.VECTOR], dtype=np.float32)) for r in rows}
-
-
 def _done(state: Path) -> int:
     try:
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
@@ -123,7 +103,7 @@ def reference(catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     tmp = tmp_path_factory.mktemp("rayref")
     env = {**os.environ, "SHOPLENS_MILVUS_URI": str(tmp / "local.db")}
     assert _index(catalog, tmp / "state.db", "--engine", "local", env=env) == (N_IMAGES, 0, 1, 1, N_IMAGES + 2)
-    return _lite_rows(tmp / "local.db")
+    return lite_rows(tmp / "local.db")
 
 
 def _embedding_nodes(cluster: RayCluster) -> int:
@@ -147,7 +127,7 @@ def test_cluster_import_equals_the_local_engine(cluster: RayCluster, catalog: Pa
                         "--server", url, "--api-key", ADMIN_KEY, env=cluster.env, cluster=cluster)
     assert counts == (N_IMAGES, 0, 1, 1, N_IMAGES + 2)
     assert _embedding_nodes(cluster) == 2, "the embedding ran on one node only"
-    rows = _lite_rows(tmp_path / "ray.db")
+    rows = lite_rows(tmp_path / "ray.db")
     assert set(rows) == set(reference) == _expected_ids(catalog)
     for image_id, (product, vec) in rows.items():
         ref_product, ref_vec = reference[image_id]
@@ -167,7 +147,7 @@ def test_ray_client_address_imports_through_the_heads_client_server(cluster: Ray
         counts = _index(small, tmp_path / "state.db", "--engine", "ray", "--ray-address", f"ray://{cluster.host}:{cluster.client_port}",
                         "--workers", "2", "--server", url, "--api-key", ADMIN_KEY, env=cluster.env, cluster=cluster)
     assert counts == (CLIENT_IMAGES, 0, 0, 0, CLIENT_IMAGES)
-    rows = _lite_rows(tmp_path / "client.db")
+    rows = lite_rows(tmp_path / "client.db")
     assert set(rows) == _expected_ids(small) and set(rows) <= set(reference)
     for image_id, (product, vec) in rows.items():
         ref_product, ref_vec = reference[image_id]
@@ -202,7 +182,7 @@ def test_worker_node_killed_then_driver_killed_the_rerun_loses_and_duplicates_no
             proc.wait(timeout=30)
     imported, resumed, duplicates, failed, total = _index(catalog, state, "--engine", "ray", "--ray-address", cluster.address, "--workers", "2", env=env, cluster=cluster)
     assert (resumed, imported, duplicates, failed, total) == (recorded, N_IMAGES - recorded, 1, 1, N_IMAGES + 2)
-    rows = _lite_rows(tmp_path / "kill.db")  # fails on a duplicated image id
+    rows = lite_rows(tmp_path / "kill.db")  # fails on a duplicated image id
     assert set(rows) == _expected_ids(catalog), "lost or extra rows"
     assert _done(state) == N_IMAGES
 
