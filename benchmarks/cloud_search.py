@@ -4,9 +4,13 @@ Usage:
   .venv/bin/python benchmarks/cloud_search.py --backend server --n 100000
   .venv/bin/python benchmarks/cloud_search.py --backend lite --n 5000
 Options: --queries 2000 (nq=1 top-10, sequential), --clients 8 (concurrent, --qps-seconds each),
---m 16 --ef-construction 64 --ef 64 (HNSW, server and faiss; Lite keeps no index params), --uri
+--index HNSW|IVF_FLAT|IVF_SQ8|IVF_PQ|DISKANN (server; Lite keeps no index params) with
+--m 16 --ef-construction 64 --ef 64 (HNSW, server and faiss), --nlist (0: 4 x sqrt(n)) --nprobe 32
+(IVF_*), --pq-m 32 (IVF_PQ), --search-list 100 (DISKANN), --uri
 (an existing server instead of starting the PyPI ``milvus`` one), --tag (row label), --work DIR
-(keep the built collection and faiss index; a rerun with the same DIR measures without rebuilding),
+(keep the built collection and faiss index; a rerun with the same DIR measures without rebuilding,
+and one with another --index rebuilds only the index on the kept rows, so index options are compared
+on the same data),
 --build-only (with --work: insert and build, measure later, e.g. when the machine is quiet),
 --segment-max-mb 1024 --seal-proportion 0.6 (segment sizes of the server this script starts: fewer,
 larger segments than Milvus 2.3's 512 / 0.23, see docs/cloud.md "Segment size"), --milvus-cpus 1
@@ -26,7 +30,8 @@ changes the top 10 and recall@10 is against exact numpy search over images.
 The HTTP side is a real ``shoplens serve`` (uvicorn, one worker) subprocess on 127.0.0.1,
 driven by minimal keep-alive stdlib clients (``KeepAliveClient``: httpx itself cost ~5 ms CPU
 per request on this 2-core machine, more than the service);
-"bare" is the same Milvus through pymilvus with no HTTP; faiss HNSW runs in this process.
+"bare" is the same Milvus through pymilvus with no HTTP; faiss HNSW (the peer of --index HNSW only)
+runs in this process.
 Results are merged into ``benchmarks/results/cloud_search.json`` (one row per backend x n).
 """
 
@@ -54,6 +59,8 @@ from common import RESULTS_DIR, machine_facts, print_table  # noqa: E402
 from shoplens.contract.codecs import Encoding, encode_vector  # noqa: E402
 
 DIM = 256
+INDEXES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN")
+INDEX_TIMEOUT_S = 3600.0  # HNSW over 1M rows took ~22 min on this 2-core machine in Milvus' default segments
 MODEL = "bench-256d-000000000000"
 ADMIN, DEVICE = "bench-admin", "bench-device"
 
@@ -104,6 +111,35 @@ def pct(lat: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99))}
 
 
+def index_spec(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The chosen server index: its build key (type and build parameters), its search parameters and a row label."""
+    nlist = args.nlist or int(min(65536, max(16, 4 * round(args.n ** 0.5))))
+    build, search = {
+        "HNSW": ({"M": args.m, "efConstruction": args.ef_construction}, {"ef": args.ef}),
+        "IVF_FLAT": ({"nlist": nlist}, {"nprobe": args.nprobe}),
+        "IVF_SQ8": ({"nlist": nlist}, {"nprobe": args.nprobe}),
+        "IVF_PQ": ({"nlist": nlist, "m": args.pq_m, "nbits": 8}, {"nprobe": args.nprobe}),
+        "DISKANN": ({}, {"search_list": args.search_list}),
+    }[args.index]
+    label = " ".join([args.index, *(f"{k}={v}" for k, v in {**build, **search}.items())])
+    return {"type": args.index, "params": build}, search, label
+
+
+def rebuild_index(store: Any, alias: str, index: dict[str, Any], n: int) -> float:
+    """Replace the vector index of the collection ``alias`` serves by ``index`` (same rows), before anything loads it
+    (a collection whose index never finished building does not load); the seconds until all ``n`` rows are indexed."""
+    from shoplens.cloud import schema as cs
+
+    t0 = time.perf_counter()
+    with store._call("reindex") as c:
+        collection = c.describe_alias(alias)["collection_name"]
+        c.release_collection(collection)
+        c.drop_index(collection, cs.VECTOR)
+        c.create_index(collection, cs.build_index_params(c, lite=False, index_type=index["type"], params=index["params"]))
+    flush_and_wait_indexed(store, collection, n, flush=False)
+    return time.perf_counter() - t0
+
+
 def insert_vectors(store: Any, binding: Any, x: np.ndarray, progress: bool = True, batch: int = 1000) -> None:
     """Upsert ``x`` as catalog rows (image id = product id = row number), ``batch`` rows per call."""
     from shoplens.contract.schemas import CatalogImage
@@ -114,14 +150,24 @@ def insert_vectors(store: Any, binding: Any, x: np.ndarray, progress: bool = Tru
                                for j in range(i, min(len(x), i + batch))])
 
 
-def flush_and_wait_indexed(store: Any, binding: Any, n: int, server: bool = True) -> None:
-    """Seal the segments so the index covers every row; on a server, wait until all ``n`` rows are indexed."""
+def flush_and_wait_indexed(store: Any, collection: str, n: int, server: bool = True, timeout_s: float = INDEX_TIMEOUT_S,
+                           flush: bool = True) -> None:
+    """Seal the segments so the index covers every row; on a server, wait until all ``n`` rows are indexed.
+    (``flush=False``: the rows are sealed already, as in a kept build; 2.3.5 fails a flush of a released collection.)
+
+    A build the server cannot do is retried by it forever with the index "InProgress" (DiskANN on the
+    PyPI 2.3.5 server: ``bad_function_call`` in its log), hence the deadline."""
+    deadline = time.monotonic() + timeout_s
     with store._call("flush") as c:
-        c.flush(binding.collection)
+        if flush:
+            c.flush(collection)
         while server:
-            info = c.describe_index(binding.collection, "vector")
+            info = c.describe_index(collection, "vector")
             if int(info.get("indexed_rows", 0)) >= n and int(info.get("pending_index_rows", 0)) == 0:
                 break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the index was not built within {timeout_s:.0f} s ({info.get('indexed_rows', 0)} of {n} rows; "
+                                 "see the server's log for the build's failures)")
             time.sleep(1)
 
 
@@ -228,9 +274,14 @@ def load_build(work: Path, own_server: bool) -> dict[str, Any] | None:
     if not build_file.is_file():
         return None
     built = json.loads(build_file.read_text())
-    built["key"].setdefault("data", "flat")  # builds made before --data existed
+    key = built["key"]
+    key.setdefault("data", "flat")  # builds made before --data existed
     if own_server:
-        built["key"].setdefault("server_config", dict(MILVUS_DEFAULT_SEGMENTS))
+        key.setdefault("server_config", dict(MILVUS_DEFAULT_SEGMENTS))
+    if "index" not in built:  # builds made before --index existed: HNSW, its parameters in the key
+        hnsw = {"M": key.pop("m"), "efConstruction": key.pop("ef_construction")}
+        built["index"] = {"type": "HNSW", "params": hnsw} if key["backend"] == "server" else {"type": "AUTOINDEX", "params": {}}
+        built["row"].pop("index", None)
     return built
 
 
@@ -307,14 +358,20 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     ap.add_argument("--m", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=64)
     ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--index", choices=INDEXES, default="HNSW", help="the server's vector index (Lite: AUTOINDEX)")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF_*: clusters (0: 4 x sqrt(n))")
+    ap.add_argument("--nprobe", type=int, default=32, help="IVF_*: clusters searched")
+    ap.add_argument("--pq-m", type=int, default=32, help="IVF_PQ: sub-quantisers (256 / 32 = 8 dimensions each, 8 bits)")
+    ap.add_argument("--search-list", type=int, default=100, help="DISKANN: candidate list")
     ap.add_argument("--uri", default="")
     ap.add_argument("--tag", default="")
     ap.add_argument("--data", choices=["catalog", "flat"], default="catalog", help="synthetic data shape (module docstring)")
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--note", action="append", default=[], help="a note to keep in the result file (repeatable)")
     ap.add_argument("--work", type=Path, default=None,
-                    help="keep the Milvus data (and faiss index) here: a rerun with the same --n/--m/--ef-construction "
-                         "reuses the built collection instead of inserting and indexing again (server backend)")
+                    help="keep the Milvus data (and faiss index) here: a rerun with the same --n/--data reuses the built "
+                         "collection instead of inserting again, and rebuilds only the index when --index or its build "
+                         "parameters differ (server backend)")
     ap.add_argument("--segment-max-mb", type=int, default=1024,
                     help="the started server's dataCoord.segment.maxSize (Milvus 2.3 default 512); see docs/cloud.md 'Segment size'")
     ap.add_argument("--seal-proportion", type=float, default=0.6,
@@ -341,7 +398,10 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     work = args.work.resolve() if keep else Path(tempfile.mkdtemp(prefix="shoplens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     build_file = work / "build.json"
-    build_key = {"backend": args.backend, "n": args.n, "m": args.m, "ef_construction": args.ef_construction, "data": args.data}
+    build_key = {"backend": args.backend, "n": args.n, "data": args.data}
+    index, search_params, index_label = index_spec(args)
+    if args.backend == "lite":
+        index, index_label = {"type": "AUTOINDEX", "params": {}}, "AUTOINDEX (Lite keeps no params)"
     own_server = args.backend == "server" and not args.uri  # the PyPI ``milvus`` server, started here
     segment_config = {"dataCoord.segment.maxSize": args.segment_max_mb, "dataCoord.segment.sealProportion": args.seal_proportion}
     if own_server:  # the layout of the built collection depends on them
@@ -369,8 +429,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         pin_process_tree(os.getpid(), service_cpus)
     settings = Settings(
         milvus_uri=uri, collection="bench", admin_keys=[ADMIN], device_keys=[DEVICE], cache_dir=work,
-        index_type="HNSW", index_params={"M": args.m, "efConstruction": args.ef_construction},
-        search_params={"ef": args.ef}, rate_limit_per_s=1e9, rate_limit_burst=10**9, milvus_timeout_s=60,
+        index_type=index["type"], index_params=index["params"],
+        search_params=search_params, rate_limit_per_s=1e9, rate_limit_burst=10**9, milvus_timeout_s=60,
     )
     x, q = make_data(args.n, args.queries, kind=args.data)
     truth = exact_top10(x, q)
@@ -381,15 +441,20 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     if milvus_cpus or service_cpus:
         row["cpu_pinning"] = {"milvus": sorted(milvus_cpus or []), "service_and_client": sorted(service_cpus or [])}
     notes: list[str] = []
+    faiss_peer = not args.skip_faiss and index["type"] in ("HNSW", "AUTOINDEX")  # the in-process peer is an HNSW
     try:
         # ---- insert + index build (direct to Milvus through the service's store) ----
         store = CatalogStore(settings)
         row["server_version"] = store.ping()
         if built is not None:  # a kept build (--work): reuse it, with the times measured when it was made
+            if built["index"] != index:  # same rows, another index: rebuild only the index
+                print(f"rebuilding the index of {work}: {built['index']} -> {index}")
+                built["row"]["index_build_s"] = rebuild_index(store, settings.collection, index, args.n)
+                built["index"] = index
+                build_file.write_text(json.dumps(built))
             binding = store.require_binding()
             row.update(built["row"])
-            if args.backend == "server":  # the search ef is this run's, not the build's
-                row["index"] = f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
+            row["index"] = index_label  # the search parameters are this run's, not the build's
             print(f"reusing the collection built in {work} ({built['row']})")
         else:
             binding = store.create_collection(MODEL, activate=True)
@@ -398,22 +463,21 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             row["insert_s"] = time.perf_counter() - t0
             row["insert_rows_per_s"] = args.n / row["insert_s"]
             t0 = time.perf_counter()
-            flush_and_wait_indexed(store, binding, args.n, server=args.backend == "server")
+            flush_and_wait_indexed(store, binding.collection, args.n, server=args.backend == "server")
             # first query: on Lite this is where the index gets built
             store.search(binding, q[:1], top_k=10)
             row["index_build_s"] = time.perf_counter() - t0
-            row["index"] = (f"HNSW M={args.m} efConstruction={args.ef_construction} ef={args.ef}"
-                            if args.backend == "server" else "AUTOINDEX (Lite keeps no params)")
+            row["index"] = index_label
             if keep:
-                build_file.write_text(json.dumps({"key": build_key, "row": {k: row[k] for k in (
-                    "insert_s", "insert_rows_per_s", "index_build_s", "index")}}))
+                build_file.write_text(json.dumps({"key": build_key, "index": index, "row": {k: row[k] for k in (
+                    "insert_s", "insert_rows_per_s", "index_build_s")}}))
         if args.backend == "server":  # how the rows ended up split: each search visits every segment
             segments = store.segment_rows(binding) or []
             row["segments"], row["segment_rows"] = len(segments), segments
             if own_server:
                 row["server_config"] = segment_config
         if args.build_only:
-            if not args.skip_faiss:
+            if faiss_peer:
                 faiss_hnsw(x, args.m, args.ef_construction, work)  # built and kept for the measuring run
             store.close()
             print(f"built in {work}; measure with the same --work")
@@ -450,7 +514,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         port = free_port()
         env = dict(os.environ, SHOPLENS_MILVUS_URI=uri, SHOPLENS_COLLECTION="bench",
                    SHOPLENS_ADMIN_KEYS=json.dumps([ADMIN]), SHOPLENS_DEVICE_KEYS=json.dumps([DEVICE]),
-                   SHOPLENS_SEARCH_PARAMS=json.dumps({"ef": args.ef}), SHOPLENS_RATE_LIMIT_PER_S="1e9",
+                   SHOPLENS_SEARCH_PARAMS=json.dumps(search_params), SHOPLENS_RATE_LIMIT_PER_S="1e9",
                    SHOPLENS_RATE_LIMIT_BURST=str(10**9), SHOPLENS_CACHE_DIR=str(work))
         log = (work / "serve.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "shoplens", "serve", "--port", str(port), "--log-level",
@@ -513,7 +577,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             proc.wait(timeout=30)
 
         # ---- faiss HNSW in-process, same data and queries ----
-        if not args.skip_faiss:
+        if faiss_peer:
             import faiss
 
             index, row["faiss_build_s"] = faiss_hnsw(x, args.m, args.ef_construction, work if keep else None)

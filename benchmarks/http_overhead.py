@@ -179,7 +179,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
         version = store.ping()
         binding = store.create_collection(MODEL, activate=True)
         insert_vectors(store, binding, x, progress=False)
-        flush_and_wait_indexed(store, binding, args.n)
+        flush_and_wait_indexed(store, binding.collection, args.n)
 
         def bare(i: int, v: np.ndarray) -> list[int]:
             hits, _ = store.search(binding, v[None, :], top_k=10)

@@ -135,7 +135,7 @@ def main() -> None:
             if not built:
                 binding = store.create_collection(MODEL, activate=True)
                 insert_vectors(store, binding, x)
-                flush_and_wait_indexed(store, binding, args.n)
+                flush_and_wait_indexed(store, binding.collection, args.n)
                 built = True
             binding = store.require_binding()
             level = settings.read_consistency
