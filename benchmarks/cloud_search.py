@@ -155,8 +155,8 @@ def flush_and_wait_indexed(store: Any, collection: str, n: int, server: bool = T
     """Seal the segments so the index covers every row; on a server, wait until all ``n`` rows are indexed.
     (``flush=False``: the rows are sealed already, as in a kept build; 2.3.5 fails a flush of a released collection.)
 
-    A build the server cannot do is retried by it forever with the index "InProgress" (DiskANN on the
-    PyPI 2.3.5 server: ``bad_function_call`` in its log), hence the deadline."""
+    A build the server cannot do is retried by it forever with the index "InProgress" (DiskANN over 20k
+    re-indexed rows on the PyPI 2.3.5 server: ``bad_function_call`` in its log), hence the deadline."""
     deadline = time.monotonic() + timeout_s
     with store._call("flush") as c:
         if flush:
