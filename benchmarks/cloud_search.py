@@ -312,7 +312,8 @@ def faiss_hnsw(x: np.ndarray, m: int, ef_construction: int, keep_dir: Path | Non
     """The in-process HNSW peer and its build seconds; with ``keep_dir`` loaded from there if built before, else saved."""
     import faiss
 
-    index_file, meta_file = (keep_dir / "faiss.index", keep_dir / "faiss.json") if keep_dir else (None, None)
+    stem = f"faiss-M{m}-efc{ef_construction}"  # the kept Milvus rows may be re-indexed with other parameters; so may faiss
+    index_file, meta_file = (keep_dir / f"{stem}.index", keep_dir / f"{stem}.json") if keep_dir else (None, None)
     if index_file is not None and index_file.is_file():
         return faiss.read_index(str(index_file)), float(json.loads(meta_file.read_text())["faiss_build_s"])
     faiss.omp_set_num_threads(os.cpu_count() or 1)
