@@ -438,6 +438,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                     help="the started server's dataCoord.segment.sealProportion (Milvus 2.3 default 0.23)")
     ap.add_argument("--milvus-cpus", default="", help="pin the started Milvus server to these CPUs (taskset -c syntax)")
     ap.add_argument("--service-cpus", default="", help="pin the service and this load generator to these CPUs")
+    ap.add_argument("--server-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="another config key of the started server for this run only, not part of the kept build's key "
+                         "(e.g. dataCoord.enableCompaction=false while measuring)")
     ap.add_argument("--bulk", action="store_true",
                     help="server: insert with the collection released and load it once indexed (bulk_insert_data; needed at 10M on 24 GB)")
     ap.add_argument("--build-only", action="store_true",
@@ -468,6 +471,14 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     segment_config = {"dataCoord.segment.maxSize": args.segment_max_mb, "dataCoord.segment.sealProportion": args.seal_proportion}
     if own_server:  # the layout of the built collection depends on them
         build_key["server_config"] = segment_config
+    extra_config: dict[str, Any] = {}
+    for item in args.server_config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--server-config wants KEY=VALUE, got {item!r}")
+        extra_config[key] = value
+    if extra_config and not own_server:
+        ap.error("--server-config configures the server this script starts: --backend server without --uri")
     if args.bulk:
         if args.backend != "server":
             ap.error("--bulk is for the server backend (Milvus Lite keeps no released collections apart)")
@@ -483,7 +494,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         if milvus_cpus:  # started inside the mask, so Go and knowhere size their thread pools for it
             os.sched_setaffinity(0, milvus_cpus)
         try:
-            server = start_server(work / "milvus", segment_config)
+            server = start_server(work / "milvus", {**segment_config, **extra_config})
         finally:
             os.sched_setaffinity(0, all_cpus)
         server_pid = server.server_proc.pid if server.server_proc else None
@@ -525,6 +536,21 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 built["index"] = index
                 build_file.write_text(json.dumps(built))
             binding = store.require_binding()
+            if args.backend == "server":  # a fresh server loads the kept index (minutes at 10M), then seals what is left
+                t0 = time.perf_counter()
+                with store._call("load") as c:
+                    store._ensure_loaded(c, binding.collection)
+                row["load_s"] = time.perf_counter() - t0
+                # what the server is still building (a kept build interrupted by compaction's re-indexing keeps
+                # building in the background) and the CPU that takes: the measurement shares the cores with it
+                with store._call("index") as c:
+                    info = c.describe_index(binding.collection, "vector")
+                row["indexed_rows_at_measure"] = int(info.get("indexed_rows", 0))
+                row["pending_index_rows_at_measure"] = int(info.get("pending_index_rows", 0))
+                if server_pid:
+                    cpu0 = cpu_s(server_pid)
+                    time.sleep(5)
+                    row["milvus_idle_cpu_cores_at_measure"] = (cpu_s(server_pid) - cpu0) / 5
             row.update(built["row"])
             row["index"] = index_label  # the search parameters are this run's, not the build's
             print(f"reusing the collection built in {work} ({built['row']})")
@@ -553,7 +579,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             segments = store.segment_rows(binding) or []
             row["segments"], row["segment_rows"] = len(segments), segments
             if own_server:
-                row["server_config"] = segment_config
+                row["server_config"] = {**segment_config, **extra_config}
         if args.build_only:
             if faiss_peer:
                 faiss_hnsw(data.materialise(), args.m, args.ef_construction, work)  # built and kept for the measuring run
