@@ -164,8 +164,11 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
                     c.insert(binding.collection, rows)
                 bar.update(len(rows))
     insert_s = time.perf_counter() - t0
+    deadline = time.monotonic() + max(MIN_INDEX_WAIT_S, INDEX_WAIT_S_PER_MILLION * data.n / 1e6)
     with store._call("index") as c:  # the sealed segments first (the growing one seals at the flush, after the load)
-        while int(c.describe_index(binding.collection, "vector").get("pending_index_rows", 0)) > 0:
+        while int((info := c.describe_index(binding.collection, "vector")).get("pending_index_rows", 0)) > 0:
+            if time.monotonic() > deadline:  # automatic compaction re-indexing merged segments can keep this going
+                raise SystemExit(f"the sealed segments were not indexed in time ({info}); see docs/scaling.md, 10M")
             time.sleep(5)
         store._ensure_loaded(c, binding.collection)
     return insert_s
