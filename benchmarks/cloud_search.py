@@ -538,9 +538,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
                 built["row"]["index_build_s"] = rebuild_index(store, settings.collection, index, args.n)
                 built["index"] = index
                 build_file.write_text(json.dumps(built))
+            t0 = time.perf_counter()
             binding = store.require_binding()
-            if args.backend == "server":  # a fresh server loads the kept index (minutes at 10M), then seals what is left
-                t0 = time.perf_counter()
+            if args.backend == "server":  # a fresh server loads the kept index (require_binding may have done it)
                 with store._call("load") as c:
                     store._ensure_loaded(c, binding.collection)
                 row["load_s"] = time.perf_counter() - t0
