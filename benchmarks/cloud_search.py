@@ -120,14 +120,24 @@ def rebuild_index(store: Any, alias: str, index: dict[str, Any], n: int) -> floa
     return time.perf_counter() - t0
 
 
-def insert_vectors(store: Any, binding: Any, x: np.ndarray, progress: bool = True, batch: int = 1000, first: int = 0) -> None:
-    """Upsert ``x`` as catalog rows (image id = product id = row number, counted from ``first``), ``batch`` rows per call."""
+def index_wait_s(n: int) -> float:
+    """How long the server may take to index ``n`` rows before the build counts as failed (it grows with the rows)."""
+    return max(MIN_INDEX_WAIT_S, INDEX_WAIT_S_PER_MILLION * n / 1e6)
+
+
+def catalog_images(x: np.ndarray, first: int, start: int, stop: int) -> list[Any]:
+    """Rows ``start:stop`` of ``x`` as catalog images (image id = product id = row number, counted from ``first``)."""
     from shoplens.contract.schemas import CatalogImage
 
+    return [CatalogImage(image_id=str(first + j), product_id=str(first + j), vector=encode_vector(x[j], "f32"))
+            for j in range(start, min(len(x), stop))]
+
+
+def insert_vectors(store: Any, binding: Any, x: np.ndarray, progress: bool = True, batch: int = 1000, first: int = 0) -> None:
+    """Upsert ``x`` as catalog rows (``catalog_images``), ``batch`` rows per call."""
     starts = range(0, len(x), batch)
     for i in tqdm(starts, desc="insert", unit="batch") if progress else starts:
-        store.upsert(binding, [CatalogImage(image_id=str(first + j), product_id=str(first + j), vector=encode_vector(x[j], "f32"))
-                               for j in range(i, min(len(x), i + batch))])
+        store.upsert(binding, catalog_images(x, first, i, i + batch))
 
 
 def insert_data(store: Any, binding: Any, data: SyntheticVectors) -> None:
@@ -148,7 +158,6 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
     collection takes ``insert`` (the rows are new: the same as the service's upsert) but not ``flush``, hence the
     order. Returns the seconds the insert took (the wait and the load after it are the build's)."""
     from shoplens.cloud import schema as cs
-    from shoplens.contract.schemas import CatalogImage
 
     with store._call("release") as c:
         c.release_collection(binding.collection)
@@ -157,14 +166,13 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
     with tqdm(total=data.n, desc="insert (released)", unit="row", unit_scale=True) as bar:
         for first, x in data.chunks():
             for i in range(0, len(x), 1000):
-                rows = [cs.image_to_row(CatalogImage(image_id=str(first + j), product_id=str(first + j),
-                                                     vector=encode_vector(x[j], "f32")), binding.dim, j, binding.storage)
-                        for j in range(i, min(len(x), i + 1000))]
+                rows = [cs.image_to_row(img, binding.dim, k, binding.storage)
+                        for k, img in enumerate(catalog_images(x, first, i, i + 1000))]
                 with store._call("insert") as c:
                     c.insert(binding.collection, rows)
                 bar.update(len(rows))
     insert_s = time.perf_counter() - t0
-    deadline = time.monotonic() + max(MIN_INDEX_WAIT_S, INDEX_WAIT_S_PER_MILLION * data.n / 1e6)
+    deadline = time.monotonic() + index_wait_s(data.n)
     with store._call("index") as c:  # the sealed segments first (the growing one seals at the flush, after the load)
         while int((info := c.describe_index(binding.collection, "vector")).get("pending_index_rows", 0)) > 0:
             if time.monotonic() > deadline:  # automatic compaction re-indexing merged segments can keep this going
@@ -185,10 +193,10 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
-            except OSError:  # the server went away; the caller reports that
+            mb = rss_mb(self.pid)
+            if np.isnan(mb):  # the server went away; the caller reports that
                 return
+            self.peak_mb = max(self.peak_mb, mb)
             self._stop.wait(self.every_s)
 
     def stop(self) -> float:
@@ -203,7 +211,7 @@ def flush_and_wait_indexed(store: Any, collection: str, n: int, server: bool = T
 
     A build the server cannot do is retried by it forever with the index "InProgress" (DiskANN over 20k
     re-indexed rows on the PyPI 2.3.5 server: ``bad_function_call`` in its log), hence the deadline."""
-    timeout_s = max(MIN_INDEX_WAIT_S, INDEX_WAIT_S_PER_MILLION * n / 1e6)  # a build's time grows with its rows
+    timeout_s = index_wait_s(n)
     deadline = time.monotonic() + timeout_s
     with store._call("flush") as c:
         if flush:

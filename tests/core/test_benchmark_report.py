@@ -3,22 +3,16 @@ the targets, wide tables kept readable, charts byte-stable and tied to their dat
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchkit import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def report():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["benchmarks_report"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_benchmark("report")
 
 
 # the shape benchmarks/soak.py writes: per-backend rows, and targets with a value per backend

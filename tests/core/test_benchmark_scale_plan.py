@@ -3,13 +3,9 @@ catalog in the memory planned for and serve the target QPS at the measured CPU p
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchkit import load_benchmark
 
 SEARCH = {  # the shape cloud_search.py writes for a 10M server run
     "backend": "server", "n": 10_000_000, "tag": "10m", "measured_at": "2026-12-07T18:00:00+00:00", "index": "IVF_SQ8 nlist=2048 nprobe=32",
@@ -22,10 +18,7 @@ OPTIONS = {"images": 30_000_000, "node_gb": 64.0, "node_cores": 16, "import_core
 
 @pytest.fixture(scope="module")
 def sp():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("benchmarks_scale_plan", ROOT / "benchmarks" / "scale_plan.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_benchmark("scale_plan")
 
 
 @pytest.mark.parametrize("qps", [50, 500, 2000, 20000])

@@ -4,23 +4,17 @@ measured against the wrong neighbours."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchkit import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sv():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("benchmarks_synthetic_vectors", ROOT / "benchmarks" / "synthetic_vectors.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["benchmarks_synthetic_vectors"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_benchmark("synthetic_vectors")
 
 
 def test_chunks_regenerate_the_same_rows(sv) -> None:  # type: ignore[no-untyped-def]
