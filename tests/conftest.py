@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +15,8 @@ import netguard  # noqa: E402
 
 # Before any project import: offline everywhere, caches in a per-session folder
 # (SHOPLENS_TEST_CACHE keeps expensive conversions between local runs).
-_CACHE = Path(os.environ.get("SHOPLENS_TEST_CACHE") or tempfile.mkdtemp(prefix="shoplens-test-cache-"))
+_CACHE_KEPT = bool(os.environ.get("SHOPLENS_TEST_CACHE"))
+_CACHE = Path(os.environ["SHOPLENS_TEST_CACHE"] if _CACHE_KEPT else tempfile.mkdtemp(prefix="shoplens-test-cache-"))
 os.environ["SHOPLENS_CACHE_DIR"] = str(_CACHE)
 os.environ["SHOPLENS_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
@@ -25,6 +27,11 @@ netguard.install()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _CACHE_KEPT:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

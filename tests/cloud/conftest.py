@@ -9,6 +9,7 @@ with a temporary base dir; if it cannot start, its tests skip with the reason.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -74,11 +75,14 @@ def milvus_server() -> Iterator[MilvusServerHandle]:
             default_server.stop()
         except Exception:  # noqa: BLE001
             pass
+        shutil.rmtree(base, ignore_errors=True)
         pytest.skip(_server_error)
     try:
         yield MilvusServerHandle(default_server)
     finally:
         default_server.stop()
+        # Its data, logs and etcd are ~0.5 GB per session: left in /tmp they fill the disk in a day of runs.
+        shutil.rmtree(base, ignore_errors=True)
 
 
 SettingsFactory = Callable[..., Settings]

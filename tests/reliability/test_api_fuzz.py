@@ -8,6 +8,7 @@ and catalog calls exercise real backend paths, not only validation.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def _service() -> Iterator[None]:
             assert time.monotonic() < deadline, "the fuzzed service never became ready"
             time.sleep(0.5)
         yield
+    shutil.rmtree(_DB.parent, ignore_errors=True)
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
