@@ -74,9 +74,6 @@ INDEXES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN")
 #: slowest 1M build measured here is HNSW in 1024 MB segments, 43 min; IVF_SQ8 took 10
 INDEX_WAIT_S_PER_MILLION = 3600.0
 MIN_INDEX_WAIT_S = 600.0
-#: a collection load's limit: the service's 30 s default guards a running service against a load that never ends,
-#: but 10M rows take longer than that to load once
-LOAD_TIMEOUT_S = 1800.0
 MODEL = "bench-256d-000000000000"
 ADMIN, DEVICE = "bench-admin", "bench-device"
 
@@ -521,7 +518,6 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         milvus_uri=uri, collection="bench", admin_keys=[ADMIN], device_keys=[DEVICE], cache_dir=work,
         index_type=index["type"], index_params=index["params"],
         search_params=search_params, rate_limit_per_s=1e9, rate_limit_burst=10**9, milvus_timeout_s=60,
-        load_timeout_s=LOAD_TIMEOUT_S,
     )
     data = SyntheticVectors(args.n, args.queries, kind=args.data)
     q = data.q
@@ -630,7 +626,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
         env = dict(os.environ, SHOPLENS_MILVUS_URI=uri, SHOPLENS_COLLECTION="bench",
                    SHOPLENS_ADMIN_KEYS=json.dumps([ADMIN]), SHOPLENS_DEVICE_KEYS=json.dumps([DEVICE]),
                    SHOPLENS_SEARCH_PARAMS=json.dumps(search_params), SHOPLENS_RATE_LIMIT_PER_S="1e9",
-                   SHOPLENS_RATE_LIMIT_BURST=str(10**9), SHOPLENS_CACHE_DIR=str(work), SHOPLENS_LOAD_TIMEOUT_S=str(LOAD_TIMEOUT_S))
+                   SHOPLENS_RATE_LIMIT_BURST=str(10**9), SHOPLENS_CACHE_DIR=str(work))
         log = (work / "serve.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "shoplens", "serve", "--port", str(port), "--log-level",
                                  "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pymilvus import AsyncMilvusClient, MilvusClient
+from pymilvus.client.types import LoadState
 from pymilvus.exceptions import MilvusUnavailableException
 
 from shoplens.settings import Settings
@@ -26,6 +27,9 @@ from shoplens.settings import Settings
 from shoplens.cloud.store_errors import BackendUnavailable, CatalogInconsistent, CollectionNotReady, StoreError
 
 log = logging.getLogger("shoplens.cloud.store")
+
+#: how often a load's progress is read while the service waits for it
+LOAD_POLL_S = 0.2
 
 Observer = Callable[[str, float], None]
 T = TypeVar("T")
@@ -306,23 +310,39 @@ class MilvusConnection:
             lock.release()
 
     def _load(self, c: MilvusClient, name: str) -> None:
-        """``load_collection`` bounded by ``load_timeout_s``; a load that never finishes is released and
-        issued once more. Why: on a Milvus Lite file reopened in the same process, a load was seen
-        waiting forever for a collection that never reported loaded (pymilvus polls without end)."""
-        try:
-            c.load_collection(name, timeout=self.settings.load_timeout_s)
-            return
-        except Exception as exc:  # noqa: BLE001 - only the "never finished loading" case is retried
-            if _is_unavailable(exc) or "wait for loading collection timeout" not in str(exc):
-                raise
-        log.warning("loading %s did not finish within %g s; releasing it and loading again", name, self.settings.load_timeout_s)
-        c.release_collection(name)
-        try:
-            c.load_collection(name, timeout=self.settings.load_timeout_s)
-        except Exception as exc:  # noqa: BLE001
-            if "wait for loading collection timeout" in str(exc):
-                raise CollectionNotReady(name) from None
-            raise
+        """Load ``name`` and wait as long as the load makes progress; a load whose progress has not moved
+        for ``load_timeout_s`` is released and issued once more, then the request gets a 503.
+
+        Why progress and not a deadline: a collection of millions of rows takes tens of seconds to load
+        (10M rows: 30-50 s on a 2-core server) and must not be released half-way, while a load on a
+        Milvus Lite file reopened in the same process was seen stuck forever (pymilvus's own wait
+        polls without end)."""
+        for attempt in range(2):
+            if attempt:
+                log.warning("loading %s made no progress for %g s; releasing it and loading again", name, self.settings.load_timeout_s)
+                c.release_collection(name, timeout=self.settings.load_timeout_s)
+            c.load_collection(name, timeout=self.settings.load_timeout_s, _async=True)
+            if self._wait_loaded(c, name):
+                return
+        raise CollectionNotReady(name)
+
+    def _wait_loaded(self, c: MilvusClient, name: str) -> bool:
+        """True once ``name`` is loaded; False when its load progress stood still for ``load_timeout_s``
+        (or this connection was closed meanwhile)."""
+        stall_s = self.settings.load_timeout_s
+        progress, moved_at = -1, time.monotonic()
+        while not self._closed:
+            state = c.get_load_state(name, timeout=stall_s)
+            if state["state"] == LoadState.Loaded:
+                return True
+            now = time.monotonic()
+            if state.get("progress", 0) != progress:
+                progress, moved_at = state.get("progress", 0), now
+                log.info("loading %s: %s%%", name, progress)
+            elif now - moved_at >= stall_s:
+                return False
+            time.sleep(min(LOAD_POLL_S, stall_s / 10))
+        return False
 
     @property
     def loaded(self) -> frozenset[str]:

@@ -82,8 +82,8 @@ class Settings(BaseSettings):
     )
     load_timeout_s: float = Field(
         default=30.0, gt=0,
-        description="a collection load that has not finished after this long is released and issued again once "
-        "(then 503 + Retry-After)",
+        description="a collection load whose progress has not moved for this long is released and issued again "
+        "once (then 503 + Retry-After); a load that keeps moving is waited for however long it takes",
     )
     flush_interval_s: float = Field(
         default=10.0, gt=0,
