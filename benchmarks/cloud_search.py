@@ -18,11 +18,15 @@ larger segments than Milvus 2.3's 512 / 0.23, see docs/cloud.md "Segment size"),
 this load generator, to those CPUs: what ``docker --cpuset-cpus`` or systemd ``CPUAffinity`` do in a
 deployment; see docs/cloud.md "CPU pinning").
 
-At 10M (issue 30), build once and measure on a quiet machine, e.g.
+At 10M (issue 30), build once and measure on a quiet machine, with the same server config both times:
+segments seal at maxBinlogFileNumber files (~210k rows at the default 32; 128: ~0.86M) and compaction off
+keeps each segment indexed once (docs/scaling.md, "10M on one node"), e.g.
+  CFG="--server-config dataCoord.segment.maxBinlogFileNumber=128 --server-config dataCoord.enableCompaction=false \
+       --server-config dataCoord.compaction.enableAutoCompaction=false"
   .venv/bin/python benchmarks/cloud_search.py --backend server --n 10000000 --index IVF_SQ8 --nlist 2048 \
-      --segment-max-mb 4096 --work /tmp/bench10m --build-only --tag 10m
+      --segment-max-mb 4096 --bulk $CFG --work /tmp/bench10m --build-only --tag 10m-nprobe32
   .venv/bin/python benchmarks/cloud_search.py --backend server --n 10000000 --index IVF_SQ8 --nlist 2048 \
-      --nprobe 32 --segment-max-mb 4096 --work /tmp/bench10m --tag 10m-nprobe32
+      --nprobe 32 --segment-max-mb 4096 --bulk $CFG --work /tmp/bench10m --tag 10m-nprobe32
 The rows are generated, inserted and searched exactly one chunk at a time (``synthetic_vectors.py``): no step
 holds the 10 GB of rows; the exact top 10 is kept in ``--work`` with the build. Runs of 5M rows and more are
 checked against the 10M targets (recall@10 >= 0.95, HTTP p99 <= 30 ms, HTTP p50 <= bare + 3 ms, Milvus RSS
@@ -145,7 +149,7 @@ def insert_data(store: Any, binding: Any, data: SyntheticVectors) -> None:
             bar.update(len(x))
 
 
-def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
+def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> tuple[float, int]:
     """Insert every row with the collection released, wait until its sealed segments are indexed, then load it,
     flush and wait for the rest: the query node never holds unindexed rows.
 
@@ -153,7 +157,8 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
     sealed segments held raw and with an interim index until their build caught up) and was heading past this
     machine's 24 GB at 3M rows. This is also how a first import of millions of images should run. A released
     collection takes ``insert`` (the rows are new: the same as the service's upsert) but not ``flush``, hence the
-    order. Returns the seconds the insert took (the wait and the load after it are the build's)."""
+    order. Returns the seconds the insert took (the wait and the load after it are the build's) and the rows
+    already indexed when it ended (sealed segments are indexed while the insert goes on)."""
     from shoplens.cloud import schema as cs
 
     with store._call("release") as c:
@@ -171,12 +176,13 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> float:
     insert_s = time.perf_counter() - t0
     deadline = time.monotonic() + index_wait_s(data.n)
     with store._call("index") as c:  # the sealed segments first (the growing one seals at the flush, after the load)
+        indexed_at_insert_end = int(c.describe_index(binding.collection, "vector").get("indexed_rows", 0))
         while int((info := c.describe_index(binding.collection, "vector")).get("pending_index_rows", 0)) > 0:
             if time.monotonic() > deadline:  # automatic compaction re-indexing merged segments can keep this going
                 raise SystemExit(f"the sealed segments were not indexed in time ({info}); see docs/scaling.md, 10M")
             time.sleep(5)
         store._ensure_loaded(c, binding.collection)
-    return insert_s
+    return insert_s, indexed_at_insert_end
 
 
 class PeakRss:
@@ -565,7 +571,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             binding = store.create_collection(MODEL, activate=True)
             t0 = time.perf_counter()
             if args.bulk:  # the build's clock starts when the insert ends; it includes the wait and the load
-                row["insert_s"] = bulk_insert_data(store, binding, data)
+                row["insert_s"], row["indexed_rows_at_insert_end"] = bulk_insert_data(store, binding, data)
                 t0 += row["insert_s"]
             else:
                 insert_data(store, binding, data)
@@ -576,12 +582,15 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             # first query: on Lite this is where the index gets built
             store.search(binding, q[:1], top_k=10)
             row["index_build_s"] = time.perf_counter() - t0
+            if "indexed_rows_at_insert_end" in row:  # the build's own rate: the rows it indexed once the insert left the cores
+                row["index_rows_per_s"] = (args.n - row["indexed_rows_at_insert_end"]) / row["index_build_s"]
             row["index"] = index_label
             if peak_rss is not None:
                 row["milvus_rss_peak_build_mb"] = peak_rss.peak_mb
             if keep:
                 build_file.write_text(json.dumps({"key": build_key, "index": index, "row": {k: row[k] for k in (
-                    "insert_s", "insert_rows_per_s", "index_build_s", "milvus_rss_peak_build_mb") if k in row}}))
+                    "insert_s", "insert_rows_per_s", "index_build_s", "indexed_rows_at_insert_end", "index_rows_per_s",
+                    "milvus_rss_peak_build_mb") if k in row}}))
         if args.backend == "server":  # how the rows ended up split: each search visits every segment
             segments = store.segment_rows(binding) or []
             row["segments"], row["segment_rows"] = len(segments), segments

@@ -55,8 +55,8 @@ def import_rate(rows: list[dict[str, Any]]) -> float:
 
 
 def index_rate(search: dict[str, Any]) -> float:
-    """Rows indexed per second on the measuring machine: the build's own rate when the run recorded one (a build
-    interrupted by compaction's re-indexing records the rate it kept), else rows / build time."""
+    """Rows indexed per second on the measuring machine: the build's own rate when the run recorded one (a bulk
+    build indexes while it inserts, so its rate counts the rows indexed once the insert ended), else rows / build time."""
     return float(search.get("index_rows_per_s") or search["n"] / search["index_build_s"])
 
 

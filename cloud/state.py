@@ -88,8 +88,8 @@ class ServiceState:
         return (
             f"the served collection is spread over {n} segments of ~{median} rows: each search visits every "
             "segment's index, so a few large segments answer faster for the same rows. On the server, raise "
-            "dataCoord.segment.maxSize and dataCoord.segment.sealProportion before the catalog is built "
-            "(docs/cloud.md, 'Segment size')."
+            "dataCoord.segment.maxSize, dataCoord.segment.sealProportion and dataCoord.segment.maxBinlogFileNumber "
+            "before the catalog is built (docs/cloud.md, 'Segment size')."
         )
 
 

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         description="warn when a server collection is spread over at least this many segments, with a median "
         "below segment_warn_rows rows (each search visits every segment; docs/cloud.md, 'Segment size')",
     )
-    segment_warn_rows: int = Field(default=100_000, ge=1, description="see segment_warn_count")
+    segment_warn_rows: int = Field(default=250_000, ge=1, description="see segment_warn_count")
     read_consistency: Literal["Session", "Strong", "Bounded", "Eventually"] = Field(
         default="Session",
         description="consistency of searches/queries: Session sees this process's own writes without "
