@@ -19,7 +19,7 @@ this load generator, to those CPUs: what ``docker --cpuset-cpus`` or systemd ``C
 deployment; see docs/cloud.md "CPU pinning").
 
 At 10M (issue 30), build once and measure on a quiet machine, with the same server config both times:
-segments seal at maxBinlogFileNumber files (~210k rows at the default 32; 128: ~0.86M) and compaction off
+segments seal at maxBinlogFileNumber files (~210k rows at the default 32; 128: ~0.83M) and compaction off
 keeps each segment indexed once (docs/scaling.md, "10M on one node"), e.g.
   CFG="--server-config dataCoord.segment.maxBinlogFileNumber=128 --server-config dataCoord.enableCompaction=false \
        --server-config dataCoord.compaction.enableAutoCompaction=false"

@@ -314,7 +314,7 @@ class MilvusConnection:
         for ``load_timeout_s`` is released and issued once more, then the request gets a 503.
 
         Why progress and not a deadline: a collection of millions of rows takes tens of seconds to load
-        (10M rows: 30-50 s on a 2-core server) and must not be released half-way, while a load on a
+        (10M rows: 20-50 s on a 2-core server) and must not be released half-way, while a load on a
         Milvus Lite file reopened in the same process was seen stuck forever (pymilvus's own wait
         polls without end)."""
         for attempt in range(2):
@@ -324,6 +324,8 @@ class MilvusConnection:
             c.load_collection(name, timeout=self.settings.load_timeout_s, _async=True)
             if self._wait_loaded(c, name):
                 return
+            if self._closed:  # shutting down: leave the load to the server, do not release it under other instances
+                break
         raise CollectionNotReady(name)
 
     def _wait_loaded(self, c: MilvusClient, name: str) -> bool:

@@ -82,6 +82,7 @@ def test_a_closing_connection_stops_waiting(tmp_path) -> None:
     with pytest.raises(CollectionNotReady):
         conn._load(client, "catalog")
     assert time.monotonic() - t0 < 1
+    assert (len(client.loads), client.releases) == (1, 0)  # a shutdown never releases what other instances serve
 
 
 def test_a_real_collection_loads_through_its_progress(backend) -> None:
