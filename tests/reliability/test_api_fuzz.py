@@ -8,6 +8,7 @@ and catalog calls exercise real backend paths, not only validation.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import time
@@ -28,6 +29,7 @@ from shoplens.settings import Settings
 ADMIN, DEVICE = "fuzz-admin-key-000000", "fuzz-device-key-00000"
 MODEL_ID = "fuzz-8d-0123456789ab"
 _DB = Path(tempfile.mkdtemp(prefix="shoplens-fuzz-")) / "catalog.db"
+atexit.register(shutil.rmtree, _DB.parent, True)  # made at import, so also when these tests are deselected
 APP = create_app(Settings(milvus_uri=str(_DB), admin_keys=[ADMIN], device_keys=[DEVICE], rate_limit_per_s=1e6, rate_limit_burst=10**6,
                           auth_fail_per_s=1e6, auth_fail_burst=10**6, collection="fuzz"))
 
@@ -77,7 +79,6 @@ def _service() -> Iterator[None]:
             assert time.monotonic() < deadline, "the fuzzed service never became ready"
             time.sleep(0.5)
         yield
-    shutil.rmtree(_DB.parent, ignore_errors=True)
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
