@@ -176,11 +176,13 @@ def bulk_insert_data(store: Any, binding: Any, data: SyntheticVectors) -> tuple[
     insert_s = time.perf_counter() - t0
     deadline = time.monotonic() + index_wait_s(data.n)
     with store._call("index") as c:  # the sealed segments first (the growing one seals at the flush, after the load)
-        indexed_at_insert_end = int(c.describe_index(binding.collection, "vector").get("indexed_rows", 0))
-        while int((info := c.describe_index(binding.collection, "vector")).get("pending_index_rows", 0)) > 0:
+        info = c.describe_index(binding.collection, "vector")
+        indexed_at_insert_end = int(info.get("indexed_rows", 0))
+        while int(info.get("pending_index_rows", 0)) > 0:
             if time.monotonic() > deadline:  # automatic compaction re-indexing merged segments can keep this going
                 raise SystemExit(f"the sealed segments were not indexed in time ({info}); see docs/scaling.md, 10M")
             time.sleep(5)
+            info = c.describe_index(binding.collection, "vector")
         store._ensure_loaded(c, binding.collection)
     return insert_s, indexed_at_insert_end
 
@@ -454,7 +456,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
     ap.add_argument("--service-cpus", default="", help="pin the service and this load generator to these CPUs")
     ap.add_argument("--server-config", action="append", default=[], metavar="KEY=VALUE",
                     help="another config key of the started server for this run only, not part of the kept build's key "
-                         "(e.g. dataCoord.enableCompaction=false while measuring)")
+                         "(a build records the ones it ran with as build_server_config; e.g. "
+                         "dataCoord.enableCompaction=false while measuring)")
     ap.add_argument("--bulk", action="store_true",
                     help="server: insert with the collection released and load it once indexed (bulk_insert_data; needed at 10M on 24 GB)")
     ap.add_argument("--build-only", action="store_true",
@@ -587,10 +590,12 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear measurement script
             row["index"] = index_label
             if peak_rss is not None:
                 row["milvus_rss_peak_build_mb"] = peak_rss.peak_mb
+            if own_server:  # --server-config keys are not in the build key, yet some (maxBinlogFileNumber) shape the segments
+                row["build_server_config"] = {**segment_config, **extra_config}
             if keep:
                 build_file.write_text(json.dumps({"key": build_key, "index": index, "row": {k: row[k] for k in (
                     "insert_s", "insert_rows_per_s", "index_build_s", "indexed_rows_at_insert_end", "index_rows_per_s",
-                    "milvus_rss_peak_build_mb") if k in row}}))
+                    "milvus_rss_peak_build_mb", "build_server_config") if k in row}}))
         if args.backend == "server":  # how the rows ended up split: each search visits every segment
             segments = store.segment_rows(binding) or []
             row["segments"], row["segment_rows"] = len(segments), segments

@@ -338,8 +338,8 @@ class MilvusConnection:
             if state["state"] == LoadState.Loaded:
                 return True
             now = time.monotonic()
-            if state.get("progress", 0) != progress:
-                progress, moved_at = state.get("progress", 0), now
+            if (latest := state.get("progress", 0)) != progress:
+                progress, moved_at = latest, now
                 log.info("loading %s: %s%%", name, progress)
             elif now - moved_at >= stall_s:
                 return False
