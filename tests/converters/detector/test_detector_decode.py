@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shoplens.sdk.images import load_rgb
-from shoplens.sdk.preprocess import letterbox, letterbox_geometry
+from shoplens.sdk.preprocess import letterbox, letterbox_geometry, resize_bilinear
 from shoplens.sdk.tensors import encode_pixels, prepare_input
 from shoplens.sdk.yolo_decode import (
     batched_nms,
@@ -58,6 +59,60 @@ def test_letterbox_pixels_match_ultralytics(coco8_dir: Path, grocery_dir: Path) 
         assert ours.shape == ref.shape
         assert diff.max() <= 1, p.name
         assert (diff > 0).mean() < 0.2, p.name
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resize_matches_opencv_growing_and_shrinking(seed: int) -> None:
+    """Both orders of the separable resize (horizontal pass per source row when growing, on the
+    picked rows when shrinking) stay within one grey level of OpenCV's INTER_LINEAR."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(2, 700, 2))
+        new_h, new_w = (int(v) for v in rng.integers(1, 700, 2))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img = cv2.GaussianBlur(img, (5, 5), 0)  # photo-like gradients, not only noise
+        ours = resize_bilinear(img, new_h, new_w)
+        ref = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        assert ours.shape == ref.shape == (new_h, new_w, 3)
+        assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1, (h, w, new_h, new_w)
+
+
+def test_pixel_table_is_the_per_pixel_formula() -> None:
+    """The looked-up input equals scaling, mean/std and quantisation run on every pixel, for each
+    layout, colour order and dtype a manifest can name."""
+    from shoplens.contract.manifest import InputSpec
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    checked = 0
+    for color, layout, dtype, quant, (mean, std) in itertools.product(
+        ("RGB", "BGR"), ("NHWC", "NCHW"), ("float32", "uint8", "int8"), (None, {"scale": 0.0078, "zero_point": 3}),
+        (([0.0] * 3, [1.0] * 3), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),
+    ):
+        if quant is not None and dtype == "float32":
+            continue
+        spec = InputSpec.model_validate({
+            "name": "x", "shape": [1, 24, 40, 3] if layout == "NHWC" else [1, 3, 24, 40], "layout": layout, "dtype": dtype,
+            "color_order": color, "resize": "stretch", "scale": 1 / 255 if quant or dtype == "float32" else 1.0,
+            "mean": mean, "std": std, "quantization": quant,
+        })
+        x = (img[..., ::-1] if color == "BGR" else img).astype(np.float32)
+        value = (x * np.float32(spec.scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        if quant:
+            lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
+            value = np.clip(np.rint(value / quant["scale"] + quant["zero_point"]), lo, hi)
+        elif dtype != "float32":
+            lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
+            value = np.clip(np.rint(value), lo, hi)
+        expected = value.astype(dtype)
+        expected = expected.transpose(2, 0, 1)[None] if layout == "NCHW" else expected[None]
+        got = encode_pixels(img, spec)
+        assert got.dtype == expected.dtype and got.shape == expected.shape and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected, err_msg=f"{color} {layout} {dtype} {quant} {mean}")
+        checked += 1
+    assert checked == 40
 
 
 def test_unletterbox_inverts_the_letterbox() -> None:
