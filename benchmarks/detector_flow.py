@@ -8,7 +8,8 @@ phone embeds and searches, and the detector decides which boxes there are to cho
 rule's values are chosen here, on the **val** photos only. Each ``--detector`` bundle (repeatable;
 default: the one detector bundle under ``--bundle``) is run with the shipped embedder (LiteRT, 2
 threads) and the SDK's own ``plan_regions`` / ``crop_with_margin`` / ``fuse_hits``, for a grid of
-rules built from that detector's manifest rule (min box x max objects x whole photo searched too).
+rules built from that detector's manifest rule (min box x max objects x max overlap x whole photo
+searched too) at several detection thresholds.
 Nothing assumes COCO: which labels a rule ignores is the manifest's business.
 
 - **val photos** (one product each): product-level R@1 / R@5 of the photo's answer (every searched
@@ -32,7 +33,8 @@ Nothing assumes COCO: which labels a rule ignores is the manifest's business.
   box (the ceiling a perfect box per piece reaches).
 - **the detector's own numbers** (``detectors`` in the JSON): its TFLite artifact and file size,
   input size, latency at 2 LiteRT threads on a val photo (median of 30 runs after 3 warm-ups;
-  ``Detector.detect``, letterbox and decode/NMS included, and the bare interpreter ``invoke``),
+  ``Detector.detect``, letterbox and decode/NMS included, and its parts: the letterbox and input
+  encoding, the bare interpreter ``invoke``, decode + NMS at the manifest's threshold),
   the parity summary the manifest carries (vs PyTorch fp32) and the training time (``null``: no
   bundle records it yet).
 
@@ -84,16 +86,19 @@ from shoplens.sdk.images import load_rgb  # noqa: E402
 from shoplens.sdk.importer import import_options  # noqa: E402
 from shoplens.sdk.runtime import DeviceRuntime, Detector, Embedder, Region, fuse_hits, plan_regions, region_pixels, resolve_bundles  # noqa: E402
 from shoplens.sdk.tensors import prepare_input  # noqa: E402
+from shoplens.sdk.yolo_decode import box_overlap  # noqa: E402
 from shoplens.settings import get_settings  # noqa: E402
 
 NAME = "detector_flow"
 TOP_K = 5
 #: LiteRT threads for the detector and the embedder (issue 31's latency target is at 2 threads)
 THREADS = 2
-MIN_BOXES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+MIN_BOXES = (0.0, 0.01, 0.02, 0.05, 0.3)
 MAX_OBJECTS = (1, 4, 8)
+#: the rule's max_overlap values tried (1: overlapping boxes are all kept, the rule before max_overlap existed)
+MAX_OVERLAPS = (1.0, 0.3, 0.1)
 #: detection confidence thresholds tried besides the manifest's (one inference per query, decoded at each)
-CONF_THRESHOLDS = (0.25, 0.1, 0.05)
+CONF_THRESHOLDS = (0.25, 0.05, 0.02, 0.01)
 #: the flow may cost at most this much R@1 against the whole photo (issue 31's target)
 MAX_LOSS = 0.005
 #: most boxes a chosen rule may search: with the whole photo that is 5 embeddings per photo on the phone
@@ -106,7 +111,7 @@ GREY = 128
 #: a piece's side as a share of the canvas side
 PIECE_SIDE = (0.30, 0.60)
 #: a placement is redrawn when its overlap with an earlier piece exceeds this share of either one's area
-MAX_OVERLAP = 0.15
+PLACEMENT_OVERLAP = 0.15
 #: a box is on a piece when at least this share of the box's area lies on the piece
 ON_PIECE = 0.5
 LATENCY_RUNS, LATENCY_WARMUP = 30, 3
@@ -271,13 +276,13 @@ def on_piece(box: Box, piece: Box) -> bool:
 
 
 def overlap(a: Box, b: Box) -> float:
-    """The overlap as a share of the smaller box (i.e. the larger of the two shares)."""
-    return _intersection(a, b) / min(_area(a), _area(b))
+    """The overlap as a share of the smaller box (i.e. the larger of the two shares): the object-choice rule's measure."""
+    return float(box_overlap(np.asarray([a]), np.asarray([b]))[0, 0])
 
 
 def place(rng: random.Random, count: int) -> list[tuple[int, int, int, int]]:
     """``count`` squares of ``PIECE_SIDE`` of the canvas at random positions, each overlapping every
-    earlier one by at most ``MAX_OVERLAP``; a scene that does not fit is drawn again whole, so four
+    earlier one by at most ``PLACEMENT_OVERLAP``; a scene that does not fit is drawn again whole, so four
     pieces come out smaller on average than two."""
     for _ in range(100_000):
         boxes: list[tuple[int, int, int, int]] = []
@@ -285,7 +290,7 @@ def place(rng: random.Random, count: int) -> list[tuple[int, int, int, int]]:
             side = round(rng.uniform(*PIECE_SIDE) * CANVAS)
             x, y = rng.randint(0, CANVAS - side), rng.randint(0, CANVAS - side)
             box = (x, y, x + side, y + side)
-            if any(overlap(box, b) > MAX_OVERLAP for b in boxes):
+            if any(overlap(box, b) > PLACEMENT_OVERLAP for b in boxes):
                 break
             boxes.append(box)
         if len(boxes) == count:
@@ -384,7 +389,7 @@ def row(detector: str | None, rule: str, choice: ObjectChoice | None, tally: Tal
     return {
         "detector": detector, "rule": rule, "conf_threshold": conf,
         "min_box_fraction": choice.min_box_fraction if choice else None, "max_objects": choice.max_objects if choice else None,
-        "search_whole_photo": choice.search_whole_photo if choice else None,
+        "search_whole_photo": choice.search_whole_photo if choice else None, "max_overlap": choice.max_overlap if choice else None,
         **tally.metrics(whole_r1), "selected": None,
     }
 
@@ -393,9 +398,12 @@ def row(detector: str | None, rule: str, choice: ObjectChoice | None, tally: Tal
 
 
 def rule_grid(shipped: ObjectChoice) -> list[ObjectChoice]:
-    """The rules tried: the shipped rule's margin and ignored labels with each min box x max objects x whole photo."""
-    rules = [shipped.model_copy(update={"min_box_fraction": mb, "max_objects": mo, "search_whole_photo": whole})
-             for whole in (False, True) for mo in MAX_OBJECTS for mb in MIN_BOXES]
+    """The rules tried: the shipped rule's margin and ignored labels with each min box x max objects x max overlap x whole photo."""
+    grid = [(whole, ov, mo, mb) for whole in (False, True) for ov in MAX_OVERLAPS for mo in MAX_OBJECTS for mb in MIN_BOXES
+            # one box cannot overlap another; without the whole photo the overlap rule is not varied (what the whole photo buys is read at 1.0)
+            if ov == 1.0 or (mo > 1 and whole)]
+    rules = [shipped.model_copy(update={"min_box_fraction": mb, "max_objects": mo, "search_whole_photo": whole, "max_overlap": ov})
+             for whole, ov, mo, mb in grid]
     return rules if shipped in rules else rules + [shipped]
 
 
@@ -458,6 +466,12 @@ def invoke_ms(path: Path, rgb: np.ndarray, spec: InputSpec) -> float:
     return median_ms(it.invoke)
 
 
+def decode_ms(detector: Detector, rgb: np.ndarray) -> float:
+    """Decode + NMS of one inference's output at the manifest's threshold (the rest of ``detect``: the letterbox and ``invoke``)."""
+    raw, geo = detector.infer(rgb)
+    return median_ms(lambda: detector.decode(raw, geo))
+
+
 def detector_facts(run: DetectorRun, rgb: np.ndarray) -> dict[str, Any]:
     """The detector's own numbers: file, size, latency, the manifest's parity summary, training time."""
     art = run.detector.artifact
@@ -469,6 +483,7 @@ def detector_facts(run: DetectorRun, rgb: np.ndarray) -> dict[str, Any]:
         "detector": run.name, "classes": len(run.detector.class_names), "artifact": art.file, "precision": art.precision.value,
         "input_size": f"{art.input.width}x{art.input.height}", "size_mb": round(path.stat().st_size / 1e6, 3), "threads": THREADS,
         "detect_p50_ms": round(median_ms(lambda: run.detector.detect(rgb)), 2), "invoke_p50_ms": round(invoke_ms(path, rgb, art.input), 2),
+        "prepare_p50_ms": round(median_ms(lambda: prepare_input(rgb, art.input)), 2), "decode_p50_ms": round(decode_ms(run.detector, rgb), 2),
         "latency_runs": LATENCY_RUNS, "load_avg_1min": round(os.getloadavg()[0], 2),
         "parity_passed": parity.passed if parity else None, "parity_match_rate": metrics.get("match_rate"),
         "parity_mean_iou": metrics.get("mean_iou"), "parity_map50_drop": metrics.get("map50_drop"),
@@ -506,7 +521,7 @@ def describe(r: dict[str, Any]) -> str:
         return r["rule"]
     marks = ", ".join(m for m, on in (("manifest", r["rule"].startswith("manifest")), ("selected", r["selected"])) if on)
     catalog = f" ({IMPORT_CATALOG})" if r["rule"].endswith(IMPORT_CATALOG) else ""
-    return (f"{marks}: conf {r['conf_threshold']:g}, min box {r['min_box_fraction']:g}, {r['max_objects']} boxes"
+    return (f"{marks}: conf {r['conf_threshold']:g}, min box {r['min_box_fraction']:g}, {r['max_objects']} boxes, max overlap {r['max_overlap']:g}"
             f"{' + whole' if r['search_whole_photo'] else ''}{catalog}")
 
 
@@ -671,7 +686,7 @@ def main() -> None:
         "val_r@1: the photo's answer is every searched object's results merged per product (best score wins, shoplens.sdk.runtime.fuse_hits); "
         "without search_whole_photo and with one box that is the box's own results",
         f"scenes (seed {args.seed}): N val photos of N different products, each a square of {PIECE_SIDE[0]:g}-{PIECE_SIDE[1]:g} of the {CANVAS} px canvas "
-        f"side at a random position, overlapping an earlier piece by at most {MAX_OVERLAP:g} of either's area (later pieces on top), on a plain grey "
+        f"side at a random position, overlapping an earlier piece by at most {PLACEMENT_OVERLAP:g} of either's area (later pieces on top), on a plain grey "
         f"({GREY}) canvas, not a blurred photo (it would add products of its own); mean piece side {mean_sides(scenes)} of the canvas "
         "(large pieces fit less often); the fixed 2x2 mosaics of earlier runs are dropped",
         f"found_N: share of the pieces for which a searched box (a kept detection before the crop margin, a fixed crop or the piece itself; never the whole "
@@ -690,10 +705,12 @@ def main() -> None:
         f"embedded {vectors.embedded} regions in this run ({vectors.cached_at_start} were cached); took {time.perf_counter() - t_start:.0f} s",
     ]
     write_result(NAME, rows, notes=notes, targets=targets, extra={"detectors": facts},
-                 print_columns=["detector", "rule", "conf_threshold", "min_box_fraction", "max_objects", "search_whole_photo", "val_r@1", "found_4", "any_top1_4"])
+                 print_columns=["detector", "rule", "conf_threshold", "min_box_fraction", "max_objects", "max_overlap", "search_whole_photo", "val_r@1", "found_4",
+                                "any_top1_4"])
     print_table([{"detector": r["detector"], "rule": describe(r), **{k: r[k] for k in ("val_r@1", "found_2", "found_3", "found_4", "any_top1_4", "vectors_4")}}
                  for r in rows if r["rule"] or r["selected"]], title="headline: each detector's manifest rule and selected rule")
-    print_table([{k: f[k] for k in ("detector", "artifact", "size_mb", "input_size", "detect_p50_ms", "invoke_p50_ms", "parity_match_rate", "training_seconds")}
+    print_table([{k: f[k] for k in ("detector", "artifact", "size_mb", "input_size", "detect_p50_ms", "prepare_p50_ms", "invoke_p50_ms", "decode_p50_ms",
+                                     "parity_match_rate", "training_seconds")}
                  for f in facts], title="detectors")
 
 

@@ -152,7 +152,7 @@ CHARTS: dict[str, Chart] = {
                               caption="Converted YOLOv8n: file size, and the share of PyTorch's boxes the converted model finds (IoU 0.5, same class)."),
     "device_flow": Chart("stages", panels=(("p50", "p90"),),
                          caption="The phone's flow per stage on the val photos (ms, p50 and p90)."),
-    "detector_flow": Chart("bars", ("detector", "rule", "conf_threshold", "min_box_fraction", "max_objects", "search_whole_photo"),
+    "detector_flow": Chart("bars", ("detector", "rule", "conf_threshold", "min_box_fraction", "max_objects", "max_overlap", "search_whole_photo"),
                            (("found_2", "found_3", "found_4"), ("val_r@1",)), only="rule",
                            caption="Scenes of 2, 3 and 4 val photos of different products at random positions and sizes: the share of the products "
                                    "found (a searched box lying mostly on the product, and the product its top-1), and R@1 on the single-product "

@@ -32,7 +32,7 @@ from shoplens.contract.manifest import (
 from shoplens.sdk.images import load_rgb
 from shoplens.sdk.preprocess import Letterbox
 from shoplens.sdk.tensors import prepare_input
-from shoplens.sdk.yolo_decode import Detections, decode_with_manifest, dequantize
+from shoplens.sdk.yolo_decode import Detections, box_overlap, decode_with_manifest, dequantize
 
 
 def _interpreter(path: Path, num_threads: int) -> Any:
@@ -150,6 +150,7 @@ class FlowOptions:
     crop_margin: float | None = None
     ignore_labels: tuple[str, ...] | None = None
     search_whole_photo: bool | None = None
+    max_overlap: float | None = None
     conf_threshold: float | None = None  # None: the manifest's default
     encoding: Encoding = Encoding.I8
 
@@ -195,14 +196,23 @@ def crop_with_margin(rgb: np.ndarray, box: tuple[float, float, float, float], ma
 
 
 def choose_objects(dets: Detections, image_area: float, choice: ObjectChoice, class_names: list[str] | None = None) -> list[int]:
-    """Top-N by score x area: a shopper photographs the product they want, big and in focus."""
+    """The rule of :class:`ObjectChoice`: ranked by score x area (a shopper photographs the product
+    they want, big and in focus), each box kept unless it overlaps a kept one by more than
+    ``max_overlap`` of the smaller box, up to ``max_objects``."""
     if len(dets) == 0:
         return []
     areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
     wanted = np.array([not class_names or class_names[int(c)] not in choice.ignore_labels for c in dets.classes], dtype=bool)
     keep = np.where((areas >= choice.min_box_fraction * image_area) & wanted)[0]
     order = keep[np.argsort(-(dets.scores[keep] * areas[keep]), kind="stable")]
-    return [int(i) for i in order[: choice.max_objects]]
+    overlaps = box_overlap(dets.boxes[order], dets.boxes[order])
+    chosen: list[int] = []  # positions in ``order``
+    for pos in range(len(order)):
+        if len(chosen) == choice.max_objects:
+            break
+        if not chosen or overlaps[pos, chosen].max() <= choice.max_overlap:
+            chosen.append(pos)
+    return [int(order[pos]) for pos in chosen]
 
 
 @dataclass(frozen=True)

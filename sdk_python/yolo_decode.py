@@ -85,6 +85,23 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def box_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise overlap of xyxy boxes as a share of the smaller box's area: [A, 4] x [B, 4] -> [A, B].
+
+    1 when one box lies inside the other, whatever their sizes (IoU would call a part inside its
+    whole a small overlap); 0 for a box of no area.
+    """
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    return np.where(smaller > 0, inter / np.where(smaller > 0, smaller, 1), 0.0)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS on xyxy boxes; indices kept, highest score first (ties keep the earlier box)."""
     order = np.argsort(-scores, kind="stable")

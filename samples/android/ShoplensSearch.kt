@@ -36,7 +36,7 @@ object Shoplens {
     const val DETECTOR_PAD = 114                                          // manifest: yolov8n/yolov8n_int8.tflite input.pad_value
     const val DETECTOR_ROWS = 84                                          // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[1]
     const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
-    const val CONF_THRESHOLD = 0.05f                                      // manifest: yolov8n detector.conf_threshold
+    const val CONF_THRESHOLD = 0.01f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
 
     const val EMBEDDER_FILE = "embedder_w8.tflite"                        // manifest: resnet50v2-s3-256/embedder_w8.tflite file
@@ -48,10 +48,12 @@ object Shoplens {
 }
 
 /** The detector manifest's object-choice rule (`detector.object_choice`), read at run time: drop boxes
- *  of an ignored class or under minBoxFraction of the photo, rank by score x area, keep maxObjects,
- *  crop each with cropMargin of its size per side; search the whole photo too when searchWholePhoto,
- *  and always when no box is left. */
-data class ObjectChoice(val minBoxFraction: Float, val maxObjects: Int, val cropMargin: Float, val ignoredClasses: Set<Int>, val searchWholePhoto: Boolean) {
+ *  of an ignored class or under minBoxFraction of the photo, rank by score x area, keep each box unless
+ *  it overlaps a kept one by more than maxOverlap of the smaller box, up to maxObjects; crop each with
+ *  cropMargin of its size per side; search the whole photo too when searchWholePhoto, and always when
+ *  no box is left. */
+data class ObjectChoice(val minBoxFraction: Float, val maxObjects: Int, val cropMargin: Float, val ignoredClasses: Set<Int>, val searchWholePhoto: Boolean,
+                        val maxOverlap: Float) {
     companion object {
         /** `manifestJson`: the detector bundle's manifest.json, e.g. assets.open("yolov8n.manifest.json").reader().readText(). */
         fun fromManifest(manifestJson: String): ObjectChoice {
@@ -60,7 +62,8 @@ data class ObjectChoice(val minBoxFraction: Float, val maxObjects: Int, val crop
             val names = detector.getJSONArray("class_names")
             val ignored = c.getJSONArray("ignore_labels").let { a -> (0 until a.length()).map { a.getString(it) }.toSet() }
             return ObjectChoice(c.getDouble("min_box_fraction").toFloat(), c.getInt("max_objects"), c.getDouble("crop_margin").toFloat(),
-                (0 until names.length()).filter { names.getString(it) in ignored }.toSet(), c.getBoolean("search_whole_photo"))
+                (0 until names.length()).filter { names.getString(it) in ignored }.toSet(), c.getBoolean("search_whole_photo"),
+                c.getDouble("max_overlap").toFloat())
         }
     }
 }
@@ -105,9 +108,20 @@ fun detect(detector: Interpreter, photo: Bitmap, choice: ObjectChoice): List<Box
     val kept = mutableListOf<Box>()
     for (b in cands) if (kept.none { it.cls == b.cls && iou(it, b) > Shoplens.IOU_THRESHOLD }) kept += b
     val photoArea = photo.width.toFloat() * photo.height
-    val boxes = kept.filter { it.cls !in choice.ignoredClasses && it.area >= choice.minBoxFraction * photoArea }.sortedByDescending { it.score * it.area }.take(choice.maxObjects)
+    val boxes = mutableListOf<Box>()
+    for (b in kept.filter { it.cls !in choice.ignoredClasses && it.area >= choice.minBoxFraction * photoArea }.sortedByDescending { it.score * it.area }) {
+        if (boxes.size == choice.maxObjects) break
+        if (boxes.all { overlap(it, b) <= choice.maxOverlap }) boxes += b  // a part or a second label of a kept box is skipped
+    }
     val whole = Box(0f, 0f, photo.width.toFloat(), photo.height.toFloat(), 0f, -1)  // the whole photo (no margin: it is clipped away)
     return if (boxes.isEmpty() || choice.searchWholePhoto) boxes + whole else boxes
+}
+
+/** The overlap of two boxes as a share of the smaller one's area (0 for a box of no area). */
+fun overlap(a: Box, b: Box): Float {
+    val iw = max(0f, min(a.x2, b.x2) - max(a.x1, b.x1)); val ih = max(0f, min(a.y2, b.y2) - max(a.y1, b.y1))
+    val smaller = min(a.area, b.area)
+    return if (smaller > 0f) iw * ih / smaller else 0f
 }
 
 fun iou(a: Box, b: Box): Float {

@@ -29,7 +29,7 @@ enum Shoplens {
     static let detectorInputSize = 640                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.shape[2]
     static let detectorBoxesOutput = "coordinates"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[0].name
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
-    static let confidenceThreshold: Float = 0.05                      // manifest: yolov8n detector.conf_threshold
+    static let confidenceThreshold: Float = 0.01                      // manifest: yolov8n detector.conf_threshold
     static let padValue: CGFloat = 114                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.pad_value
 
     // Embedder: uint8 RGB in (ImageNet normalisation is inside the graph), 256-d unit vector out
@@ -44,7 +44,8 @@ enum Shoplens {
 
 /// The detector manifest's object-choice rule (`detector.object_choice`), read at run time:
 /// drop boxes of an ignored label or under `minBoxFraction` of the photo, rank by score x area, keep
-/// `maxObjects`, crop each with `cropMargin` of its size per side; search the whole photo too when
+/// each box unless it overlaps a kept one by more than `maxOverlap` of the smaller box, up to
+/// `maxObjects`; crop each with `cropMargin` of its size per side; search the whole photo too when
 /// `searchWholePhoto`, and always when no box is left.
 struct ObjectChoice: Decodable {
     let minBoxFraction: CGFloat
@@ -52,10 +53,11 @@ struct ObjectChoice: Decodable {
     let cropMargin: CGFloat
     let ignoreLabels: [String]
     let searchWholePhoto: Bool
+    let maxOverlap: CGFloat
 
     enum CodingKeys: String, CodingKey {
         case minBoxFraction = "min_box_fraction", maxObjects = "max_objects", cropMargin = "crop_margin"
-        case ignoreLabels = "ignore_labels", searchWholePhoto = "search_whole_photo"
+        case ignoreLabels = "ignore_labels", searchWholePhoto = "search_whole_photo", maxOverlap = "max_overlap"
     }
 
     private struct Manifest: Decodable {
@@ -114,8 +116,18 @@ func detectProducts(in image: CGImage, detector: MLModel, choice: ObjectChoice) 
         }
         .filter { $0.0.width * $0.0.height >= choice.minBoxFraction * photoArea }
         .sorted { $0.1 * Float($0.0.width * $0.0.height) > $1.1 * Float($1.0.width * $1.0.height) }
-    let boxes = Array(found.prefix(choice.maxObjects).map { $0.0 })
+    var boxes: [CGRect] = []
+    for (box, _) in found where boxes.count < choice.maxObjects {
+        if boxes.allSatisfy({ overlap($0, box) <= choice.maxOverlap }) { boxes.append(box) }  // a part or a second label of a kept box is skipped
+    }
     return boxes.isEmpty || choice.searchWholePhoto ? boxes + [whole] : boxes  // the whole photo last (no margin: it is clipped away)
+}
+
+/// The overlap of two boxes as a share of the smaller one's area (0 for a box of no area).
+func overlap(_ a: CGRect, _ b: CGRect) -> CGFloat {
+    let i = a.intersection(b)
+    let smaller = min(a.width * a.height, b.width * b.height)
+    return i.isNull || smaller <= 0 ? 0 : i.width * i.height / smaller
 }
 
 /// Crop a box (photo pixels, origin top-left) with the rule's margin on each side: floor / ceil, clipped to the photo.

@@ -164,18 +164,26 @@ class ObjectChoice(_Strict):
     the Grocery Store val photos (see docs/benchmarks.md).
 
     The rule: drop boxes whose label is in ``ignore_labels`` or whose area is under
-    ``min_box_fraction`` of the photo; rank the rest by score x area; keep the first
-    ``max_objects``; crop each with ``crop_margin`` of its size on each side. The whole photo is
-    searched too when ``search_whole_photo`` (its results and the crops' are merged per product,
-    best score wins), and always when no box is left.
+    ``min_box_fraction`` of the photo; rank the rest by score x area; walk that ranking and keep a
+    box unless it overlaps a box already kept by more than ``max_overlap`` of the smaller box's
+    area, up to ``max_objects``; crop each with ``crop_margin`` of its size on each side. The whole
+    photo is searched too when ``search_whole_photo`` (its results and the crops' are merged per
+    product, best score wins), and always when no box is left.
+
+    Why ``max_overlap`` measures the smaller box: a detector (COCO's above all) returns the same
+    product several times, under two labels or as a part inside the whole (one apple of a pile, a
+    label on a carton); those boxes have a small IoU with the whole but lie inside it, and each
+    one would spend a slot of ``max_objects`` that another product in the photo needs.
     """
 
-    min_box_fraction: float = Field(default=0.01, ge=0, le=1, description="ignore boxes smaller than this share of the photo area")
+    min_box_fraction: float = Field(default=0.02, ge=0, le=1, description="ignore boxes smaller than this share of the photo area")
     max_objects: int = Field(default=4, ge=1, le=MAX_OBJECTS,
                              description="boxes searched per photo (one batch request; one slot is kept for the whole photo)")
     crop_margin: float = Field(default=0.10, ge=0, le=1, description="added on each side of a box, as a share of its width / height")
     ignore_labels: list[str] = Field(default_factory=lambda: ["person"], description="class names that are never the product")
     search_whole_photo: bool = Field(default=True, description="also search the whole photo and merge its results with the crops' per product")
+    max_overlap: float = Field(default=0.1, ge=0, le=1,
+                               description="skip a box that overlaps a box already kept by more than this share of the smaller box's area (1: keep overlapping boxes)")
 
 
 class DetectorSpec(_Strict):

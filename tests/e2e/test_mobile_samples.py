@@ -157,7 +157,12 @@ def test_sample_rules_match_the_sdk() -> None:
     # max_objects, then the whole photo when the rule searches it too or no box is left; answer merged per product
     assert "!choice.ignoreLabels.contains(" in code["swift"] and "it.cls !in choice.ignoredClasses" in code["kotlin"]
     assert ">= choice.minBoxFraction * photoArea" in code["swift"] and "it.area >= choice.minBoxFraction * photoArea" in code["kotlin"]
-    assert "found.prefix(choice.maxObjects)" in code["swift"] and "sortedByDescending { it.score * it.area }.take(choice.maxObjects)" in code["kotlin"]
+    assert "sortedByDescending { it.score * it.area })" in code["kotlin"]
+    # ... each kept unless it overlaps a kept box by more than max_overlap of the smaller box, up to max_objects
+    assert "where boxes.count < choice.maxObjects" in code["swift"] and "if (boxes.size == choice.maxObjects) break" in code["kotlin"]
+    assert "boxes.allSatisfy({ overlap($0, box) <= choice.maxOverlap })" in code["swift"]
+    assert "boxes.all { overlap(it, b) <= choice.maxOverlap }" in code["kotlin"]
+    assert "i.width * i.height / smaller" in code["swift"] and "iw * ih / smaller" in code["kotlin"]  # share of the smaller box, not IoU
     assert "boxes.isEmpty || choice.searchWholePhoto ? boxes + [whole] : boxes" in code["swift"]
     assert "if (boxes.isEmpty() || choice.searchWholePhoto) boxes + whole else boxes" in code["kotlin"]
     assert "box.width * choice.cropMargin" in code["swift"] and "(box.x2 - box.x1) * choice.cropMargin" in code["kotlin"]
@@ -195,7 +200,8 @@ def test_mobile_readme_numbers_match() -> None:
         f"score > {det.detector.conf_threshold}",  # type: ignore[union-attr]
         f"IoU {det.detector.iou_threshold}",  # type: ignore[union-attr]
         f"under {choice.min_box_fraction:.0%} of the photo",
-        f"the top {choice.max_objects} boxes",
+        f"up to {choice.max_objects} boxes",
+        f"more than {choice.max_overlap:.0%} of the smaller box",
         f"{choice.crop_margin:.0%} margin",
         "`detector.object_choice`",
         f"stretch to {e_in.width} x {e_in.height}",

@@ -72,7 +72,7 @@ def test_the_shipped_manifest_spells_out_the_rule_and_an_older_one_gets_the_same
     del shipped["detector"]["object_choice"]  # a manifest written before the rule existed
     (tmp_path / "manifest.json").write_text(json.dumps(shipped))
     assert load_manifest(tmp_path).detector.object_choice == ObjectChoice()  # type: ignore[union-attr]
-    for bad in ({"max_objects": MAX_OBJECTS + 1}, {"min_box_fraction": 1.5}, {"crop_margin": -0.1}, {"max_objects": 0}):
+    for bad in ({"max_objects": MAX_OBJECTS + 1}, {"min_box_fraction": 1.5}, {"crop_margin": -0.1}, {"max_objects": 0}, {"max_overlap": 1.5}):
         shipped["detector"]["object_choice"] = {**ObjectChoice().model_dump(), **bad}
         (tmp_path / "manifest.json").write_text(json.dumps(shipped))
         with pytest.raises(ManifestError, match="object_choice"):
@@ -111,7 +111,7 @@ def test_sdk_follows_the_manifest_rule(tmp_path: Path, people_photo: Path) -> No
     shipped = sources()
     assert shipped[-1] == ("whole_image", "") and all(s == "detector" and label != "person" for s, label in shipped[:-1])
     assert len(shipped) >= 2, shipped  # the umbrella, then the whole photo
-    assert ("detector", "person") in sources(ignore_labels=[], min_box_fraction=0.0)
+    assert ("detector", "person") in sources(ignore_labels=[], min_box_fraction=0.0, max_overlap=1.0)  # the person is under the umbrella
     assert sources(min_box_fraction=1.0) == [("whole_image", "")]  # no box is that large: the whole photo only
     assert [s for s, _ in sources(max_objects=1, search_whole_photo=False, ignore_labels=[], min_box_fraction=0.0)] == ["detector"]
     # the margin is the manifest's too: the same box embedded with another margin is another vector
@@ -119,6 +119,30 @@ def test_sdk_follows_the_manifest_rule(tmp_path: Path, people_photo: Path) -> No
     loose = DeviceRuntime.from_bundle(embedder=EMB, detector=det).process(people_photo).objects[0]
     tight = DeviceRuntime.from_bundle(embedder=EMB, detector=DET, options=FlowOptions(search_whole_photo=False)).process(people_photo).objects[0]
     assert loose.box == tight.box and float(loose.vector @ tight.vector) < 0.999
+
+
+def test_boxes_of_one_product_give_up_their_slots(tmp_path: Path, grocery_dir: Path) -> None:
+    """COCO's YOLOv8n boxes one apple several times (parts, second labels): without the overlap rule
+    those boxes fill every slot; with the shipped rule no two searched boxes overlap by more than
+    max_overlap of the smaller box, and the first-ranked box is the same."""
+    from shoplens.sdk.yolo_decode import box_overlap
+
+    photo = grocery_dir / "val" / "Fruit" / "Apple" / "Golden-Delicious" / "Golden-Delicious_001.jpg"
+
+    def boxes(name: str, **rule: Any) -> np.ndarray:
+        rt = DeviceRuntime.from_bundle(embedder=EMB, detector=bundle_with_rule(tmp_path / name, **rule))
+        return np.array([o.box for o in rt.process(photo).objects if o.source == "detector"])
+
+    def worst(b: np.ndarray) -> float:
+        m = box_overlap(b, b)
+        np.fill_diagonal(m, 0)
+        return float(m.max()) if len(b) > 1 else 0.0
+
+    loose, shipped = boxes("loose", max_overlap=1.0), boxes("shipped")
+    rule = ObjectChoice()
+    assert len(loose) == rule.max_objects and worst(loose) > 0.9
+    assert 1 <= len(shipped) < len(loose) and worst(shipped) <= rule.max_overlap
+    np.testing.assert_allclose(shipped[0], loose[0])
 
 
 def test_catalog_import_follows_the_manifest_rule(tmp_path: Path, people_photo: Path) -> None:

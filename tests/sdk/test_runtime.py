@@ -106,16 +106,45 @@ def test_choose_objects_ranks_by_score_times_area_and_skips_people() -> None:
     boxes = np.array([[0, 0, 50, 50], [0, 0, 90, 90], [0, 0, 100, 100], [0, 0, 5, 5]], np.float32)
     dets = Detections(boxes, np.array([0.9, 0.5, 0.99, 0.9], np.float32), np.array([1, 2, 0, 3]))
     names = ["person", "apple", "orange", "bottle"]
-    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.01), names) == [1, 0]
-    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.5), names) == [1]
-    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.0, ignore_labels=[]), names) == [2, 1, 0]
+    nested = {"max_overlap": 1.0}  # these boxes lie inside each other: the overlap rule is tested below
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.01, **nested), names) == [1, 0]
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.5, **nested), names) == [1]
+    assert choose_objects(dets, 100 * 100, ObjectChoice(max_objects=3, min_box_fraction=0.0, ignore_labels=[], **nested), names) == [2, 1, 0]
+
+
+def test_choose_objects_skips_boxes_that_overlap_a_kept_one() -> None:
+    """A part inside a kept box (small IoU, overlap 1 of the smaller box) and a second label on the
+    same object give up their slots to other products; boxes apart, or overlapping by at most
+    max_overlap of the smaller box, are kept; a skipped box frees its slot for the next one."""
+    from shoplens.sdk.runtime import choose_objects
+    from shoplens.sdk.yolo_decode import Detections, box_overlap
+
+    boxes = np.array([
+        [0, 0, 60, 60],      # 0: a product, the largest
+        [10, 10, 20, 20],    # 1: a part inside 0 (IoU 0.03, overlap 1)
+        [0, 0, 60, 59],      # 2: product 0 again under another label
+        [55, 0, 100, 40],    # 3: another product, touching 0: 5x40 of its 45x40 (overlap 0.11)
+        [70, 60, 100, 100],  # 4: a product apart
+        [0, 70, 30, 100],    # 5: a product apart
+    ], np.float32)
+    scores = np.array([0.9, 0.9, 0.8, 0.9, 0.9, 0.9], np.float32)
+    dets = Detections(boxes, scores, np.array([1, 1, 2, 1, 1, 1]))
+    names = ["person", "apple", "orange"]
+    assert box_overlap(boxes[:1], boxes[1:2])[0, 0] == 1.0
+    assert box_overlap(boxes[3:4], boxes[:1])[0, 0] == pytest.approx(5 * 40 / (45 * 40))
+    rule = ObjectChoice(max_objects=3, min_box_fraction=0.0, max_overlap=0.1)
+    assert choose_objects(dets, 100 * 100, rule, names) == [0, 4, 5]  # 2 (same object), 3 (0.11 on 0) and 1 (inside 0) skipped
+    assert choose_objects(dets, 100 * 100, rule.model_copy(update={"max_overlap": 0.12}), names) == [0, 3, 4]  # 3 ranked before 4 by area
+    assert choose_objects(dets, 100 * 100, rule.model_copy(update={"max_overlap": 0.12, "max_objects": 5}), names) == [0, 3, 4, 5]
+    assert choose_objects(dets, 100 * 100, rule.model_copy(update={"max_overlap": 1.0, "max_objects": 6}), names) == [0, 2, 3, 4, 5, 1]
+    assert box_overlap(np.zeros((1, 4)), boxes[:1])[0, 0] == 0.0  # a box of no area overlaps nothing
 
 
 @pytest.mark.slow
 def test_shipped_bundles_run_the_whole_flow(coco8_dir: Path, grocery_dir: Path) -> None:
     """mobile_assets/ as a phone gets it: the detector finds real objects, the embedder gives the bundle's model id."""
     root = Path(__file__).resolve().parents[2] / "mobile_assets"
-    rt = DeviceRuntime.from_bundle(root, options=FlowOptions(max_objects=5, min_box_fraction=0.0, ignore_labels=(), search_whole_photo=False))
+    rt = DeviceRuntime.from_bundle(root, options=FlowOptions(max_objects=5, min_box_fraction=0.0, ignore_labels=(), search_whole_photo=False, max_overlap=1.0))
     assert rt.detector is not None and rt.embedder.dim == 256
     photo = coco8_dir / "images" / "val" / "000000000036.jpg"  # a person with an umbrella
     res = rt.process(photo)

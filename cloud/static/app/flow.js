@@ -245,13 +245,26 @@ export function decodeYolo(raw, shape, geo, det, outputSpec) {
 
 // ---- choosing, cropping, encoding (shoplens.sdk.runtime, shoplens.contract.codecs) -----------
 
-// choice: the detector manifest's object_choice (shoplens.sdk.runtime.choose_objects / plan_regions)
+// the overlap of two xyxy boxes as a share of the smaller one (shoplens.sdk.yolo_decode.box_overlap)
+export function boxOverlap(a, b) {
+  const inter = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0])) * Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+  const smaller = Math.min(Math.max(0, a[2] - a[0]) * Math.max(0, a[3] - a[1]), Math.max(0, b[2] - b[0]) * Math.max(0, b[3] - b[1]));
+  return smaller > 0 ? inter / smaller : 0;
+}
+
+// choice: the detector manifest's object_choice (shoplens.sdk.runtime.choose_objects / plan_regions):
+// ranked by score x area, a box is skipped when it overlaps a kept one by more than max_overlap
 export function chooseObjects(dets, imageArea, choice) {
   const ranked = dets
     .map((d, i) => ({ d, i, area: f32(f32(d.box[2] - d.box[0]) * f32(d.box[3] - d.box[1])) }))
     .filter(({ d, area }) => area >= choice.min_box_fraction * imageArea && !choice.ignore_labels.includes(d.label))
     .sort((a, b) => (b.d.score * b.area) - (a.d.score * a.area) || a.i - b.i);
-  return ranked.slice(0, choice.max_objects).map(({ d }) => d);
+  const kept = [];
+  for (const { d } of ranked) {
+    if (kept.length === choice.max_objects) break;
+    if (kept.every((k) => boxOverlap(k.box, d.box) <= choice.max_overlap)) kept.push(d);
+  }
+  return kept;
 }
 
 export function cropWithMargin(img, box, margin) {
