@@ -192,7 +192,10 @@ def start_cluster(workers: int = 1) -> RayCluster:
     root = Path(tempfile.mkdtemp(prefix="slray-"))  # short: Ray's socket paths must stay under 107 characters
     token = root / "token"
     token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           # the head's client-server proxy waits this long for the per-client server it starts (Ray's default 30 s);
+           # on a 2-core VM whose hypervisor steals CPU that start took longer (2026-12-08) and the Ray Client test failed
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120"}
     env.pop("RAY_ADDRESS", None)
     cluster = RayCluster(root, _free_port(), _free_port(), env)
     try:
