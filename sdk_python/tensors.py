@@ -72,13 +72,12 @@ def pixel_table(spec: InputSpec) -> np.ndarray:
 
 def encode_pixels(fitted: np.ndarray, spec: InputSpec) -> np.ndarray:
     """HxWx3 uint8 at the input size -> the batch-of-one tensor (dtype, scaling, quantisation, layout)."""
+    source = fitted[..., ::-1] if spec.color_order is ColorOrder.BGR else fitted
     identity = spec.scale == 1.0 and spec.mean == [0.0, 0.0, 0.0] and spec.std == [1.0, 1.0, 1.0]
     if identity and spec.quantization is None and spec.dtype is TensorDType.UINT8:
-        img = fitted[..., ::-1] if spec.color_order is ColorOrder.BGR else fitted
-        x = img.transpose(2, 0, 1) if spec.layout is Layout.NCHW else img
+        x = source.transpose(2, 0, 1) if spec.layout is Layout.NCHW else source
         return np.ascontiguousarray(x[None])  # raw pixels, bit-exact
     table = pixel_table(spec)
-    source = fitted[..., ::-1] if spec.color_order is ColorOrder.BGR else fitted
     h, w = fitted.shape[:2]
     if spec.layout is Layout.NCHW:
         out = np.empty((1, 3, h, w), table.dtype)

@@ -72,8 +72,8 @@ def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes: [A, 4] x [B, 4] -> [A, B]."""
+def _pairwise_areas(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xyxy boxes [A, 4] x [B, 4] -> (intersection areas [A, B], areas of a [A], areas of b [B]), in float64."""
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     tl = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -81,8 +81,18 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(br - tl, 0, None), axis=2)
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return inter, area_a, area_b
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``part / whole``, 0 where ``whole`` is 0."""
+    return np.where(whole > 0, part / np.where(whole > 0, whole, 1), 0.0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: [A, 4] x [B, 4] -> [A, B]."""
+    inter, area_a, area_b = _pairwise_areas(a, b)
+    return _share(inter, area_a[:, None] + area_b[None, :] - inter)
 
 
 def box_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,15 +101,8 @@ def box_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     1 when one box lies inside the other, whatever their sizes (IoU would call a part inside its
     whole a small overlap); 0 for a box of no area.
     """
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    smaller = np.minimum(area_a[:, None], area_b[None, :])
-    return np.where(smaller > 0, inter / np.where(smaller > 0, smaller, 1), 0.0)
+    inter, area_a, area_b = _pairwise_areas(a, b)
+    return _share(inter, np.minimum(area_a[:, None], area_b[None, :]))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
