@@ -32,10 +32,10 @@ import kotlin.math.sqrt
 object Shoplens {
     const val DETECTOR_FILE = "yolov8n_int8.tflite"                       // manifest: yolov8n/yolov8n_int8.tflite file
     const val DETECTOR_INPUT = "serving_default_args_0"                   // manifest: yolov8n/yolov8n_int8.tflite input.name
-    const val DETECTOR_SIZE = 640                                         // manifest: yolov8n/yolov8n_int8.tflite input.shape[2]
+    const val DETECTOR_SIZE = 480                                         // manifest: yolov8n/yolov8n_int8.tflite input.shape[2]
     const val DETECTOR_PAD = 114                                          // manifest: yolov8n/yolov8n_int8.tflite input.pad_value
     const val DETECTOR_ROWS = 84                                          // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[1]
-    const val DETECTOR_CANDIDATES = 8400                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
+    const val DETECTOR_CANDIDATES = 4725                                  // manifest: yolov8n/yolov8n_int8.tflite outputs[0].shape[2]
     const val CONF_THRESHOLD = 0.01f                                      // manifest: yolov8n detector.conf_threshold
     const val IOU_THRESHOLD = 0.45f                                       // manifest: yolov8n detector.iou_threshold
 
@@ -72,7 +72,7 @@ data class Box(val x1: Float, val y1: Float, val x2: Float, val y2: Float, val s
     val area get() = max(0f, x2 - x1) * max(0f, y2 - y1)
 }
 
-/** Letterbox to 640x640 (grey 114, centred), float32 NCHW scaled 1/255: the manifest's input rule. */
+/** Letterbox to DETECTOR_SIZE x DETECTOR_SIZE (grey 114, centred), float32 NCHW scaled 1/255: the manifest's input rule. */
 fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
     val s = Shoplens.DETECTOR_SIZE
     val gain = min(s.toFloat() / photo.width, s.toFloat() / photo.height)
@@ -90,7 +90,7 @@ fun detectorInput(photo: Bitmap): Pair<ByteBuffer, FloatArray> {
     return buf.rewind() as ByteBuffer to floatArrayOf(gain, padX.toFloat(), padY.toFloat())
 }
 
-/** Decode [1, 84, 8400] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels;
+/** Decode [1, 84, DETECTOR_CANDIDATES] (cx, cy, w, h normalised 0-1, then 80 class scores), NMS, back to photo pixels;
  *  then the regions to search: the chosen boxes, then the whole photo (class -1) when the rule searches it too or no box is left. */
 fun detect(detector: Interpreter, photo: Bitmap, choice: ObjectChoice): List<Box> {
     val (input, geo) = detectorInput(photo)

@@ -14,8 +14,9 @@
 //
 // Letterbox yourself: Vision's `.scaleFit` keeps the aspect ratio but pads and resizes its own way
 // (not the grey 114, centred, bilinear letterbox the detector was trained and checked with), so the
-// photo is letterboxed here into a 640 x 640 image, which Vision then takes as is (`.scaleFill` on an
-// image of the input's size does nothing), and the boxes are mapped back by undoing the letterbox.
+// photo is letterboxed here into a square of the input's size (480 x 480), which Vision then takes
+// as is (`.scaleFill` on an image of the input's size does nothing), and the boxes are mapped back
+// by undoing the letterbox.
 
 import CoreML
 import Foundation
@@ -26,7 +27,7 @@ enum Shoplens {
     // Detector (Vision runs the NMS pipeline and returns VNRecognizedObjectObservation)
     static let detectorFile = "yolov8n_int8_nms.mlpackage"            // manifest: yolov8n/yolov8n_int8_nms.mlpackage file
     static let detectorInputName = "image"                            // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.name
-    static let detectorInputSize = 640                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.shape[2]
+    static let detectorInputSize = 480                                // manifest: yolov8n/yolov8n_int8_nms.mlpackage input.shape[2]
     static let detectorBoxesOutput = "coordinates"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[0].name
     static let detectorScoresOutput = "confidence"                    // manifest: yolov8n/yolov8n_int8_nms.mlpackage outputs[1].name
     static let confidenceThreshold: Float = 0.01                      // manifest: yolov8n detector.conf_threshold
@@ -75,8 +76,8 @@ struct ObjectChoice: Decodable {
     }
 }
 
-/// Letterbox: scale to fit 640 x 640 keeping the aspect ratio, centre, pad grey 114 (ultralytics' rule).
-/// Returns the 640 x 640 image, the gain and the padding, to map boxes back to the photo.
+/// Letterbox: scale to fit detectorInputSize x detectorInputSize keeping the aspect ratio, centre, pad grey 114 (ultralytics' rule).
+/// Returns the square image, the gain and the padding, to map boxes back to the photo.
 func letterbox(_ image: CGImage) -> (CGImage, CGFloat, CGFloat, CGFloat)? {
     let s = CGFloat(Shoplens.detectorInputSize)
     let gain = min(s / CGFloat(image.width), s / CGFloat(image.height))
@@ -100,7 +101,7 @@ func detectProducts(in image: CGImage, detector: MLModel, choice: ObjectChoice) 
     guard let boxed = letterbox(image) else { return [whole] }
     let (input, gain, padX, padY) = boxed
     let request = VNCoreMLRequest(model: try VNCoreMLModel(for: detector))
-    request.imageCropAndScaleOption = .scaleFill  // the input is already 640 x 640: taken as is
+    request.imageCropAndScaleOption = .scaleFill  // the input is already the model's size: taken as is
     try VNImageRequestHandler(cgImage: input, orientation: .up).perform([request])
     let s = CGFloat(Shoplens.detectorInputSize)
     let photoArea = whole.width * whole.height
@@ -108,7 +109,7 @@ func detectProducts(in image: CGImage, detector: MLModel, choice: ObjectChoice) 
         .filter { $0.confidence > VNConfidence(Shoplens.confidenceThreshold) }  // strictly above, as the SDK
         .filter { !choice.ignoreLabels.contains($0.labels.first?.identifier ?? "") }  // e.g. the shopper's hand is never the product
         .map { obs in
-            // Vision's box: normalised to the 640 x 640 input, origin bottom-left -> undo the letterbox
+            // Vision's box: normalised to the square input, origin bottom-left -> undo the letterbox
             let b = obs.boundingBox
             let x1 = (b.minX * s - padX) / gain, x2 = (b.maxX * s - padX) / gain
             let y1 = ((1 - b.maxY) * s - padY) / gain, y2 = ((1 - b.minY) * s - padY) / gain

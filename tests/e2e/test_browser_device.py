@@ -3,8 +3,11 @@
 Chromium is Debian's (`apt-get install chromium`; .ci/run installs it), driven by Playwright for
 Python. The page runs the shipped TFLite bundles with LiteRT.js (WASM) and searches the catalog of
 the demo (the 81 products' iconic images, indexed with the same bundles by `shoplens index`).
-Checked on 20 real val photos: the page's vectors against the Python SDK's for the same photos, the
-top-1 product against the SDK's search, and every request the page made (no image bytes leave it).
+Checked on 20 real val photos: the page's vectors against the Python SDK's for the same objects
+(the same box in both), the top-1 product against the SDK's search, and every request the page
+made (no image bytes leave it). Objects are matched by box, not by position in the list: LiteRT.js
+and the SDK's LiteRT run the int8 detector with slightly different arithmetic, and a box one
+quantisation step of score away from another's rank (score x area) may be chosen on one side only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from live_service import ADMIN_KEY, DEVICE_KEY, live_service  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("SHOPLENS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 N_PHOTOS = 20
+MATCH_IOU = 0.9  # the page's box and the SDK's are the same detection
 
 
 def _chromium() -> str:
@@ -91,6 +95,7 @@ def test_browser_device_matches_the_sdk_and_sends_only_vectors(tmp_path: Path, g
     chromium = _chromium()
     from shoplens.sdk.client import ShoplensClient
     from shoplens.sdk.runtime import DeviceRuntime
+    from shoplens.sdk.yolo_decode import box_iou
 
     catalog = iconic_catalog(grocery_dir, tmp_path / "catalog.jsonl")
     photos = val_photos(grocery_dir)
@@ -104,15 +109,22 @@ def test_browser_device_matches_the_sdk_and_sends_only_vectors(tmp_path: Path, g
 
         rt = DeviceRuntime.from_bundle(ROOT / "mobile_assets")
         device = BrowserDevice(url, chromium)
-        cosines, same_top1, same_objects = [], 0, 0
+        cosines, same_top1, same_objects, sdk_objects, unmatched = [], 0, 0, 0, []
         try:
             with ShoplensClient(url, DEVICE_KEY) as client:
                 for photo in photos:
                     web = device.search(photo)
                     sdk, sdk_response = rt.search(photo, client, top_k=5)
                     same_objects += len(web["objects"]) == len(sdk.objects)
-                    v_web = np.asarray(web["objects"][0]["vector"], dtype=np.float64)
-                    cosines.append(float(v_web @ sdk.objects[0].vector / np.linalg.norm(v_web)))
+                    web_boxes = np.asarray([o["box"] for o in web["objects"]], dtype=np.float64)
+                    for obj in sdk.objects:
+                        sdk_objects += 1
+                        iou = box_iou(np.asarray([obj.box], dtype=np.float64), web_boxes)[0]
+                        if iou.max() < MATCH_IOU:
+                            unmatched.append((photo.name, obj.label, obj.score))
+                            continue
+                        v_web = np.asarray(web["objects"][int(iou.argmax())]["vector"], dtype=np.float64)
+                        cosines.append(float(v_web @ obj.vector / np.linalg.norm(v_web)))
                     web_top1 = web["response"]["results"][0]["hits"][0]["product_id"]
                     same_top1 += web_top1 == sdk_response.results[0].hits[0].product_id
                     # the page's own rendering shows the hits
@@ -123,9 +135,12 @@ def test_browser_device_matches_the_sdk_and_sends_only_vectors(tmp_path: Path, g
         finally:
             device.close()
 
-    print(f"browser vs SDK on {len(photos)} val photos: cos mean {np.mean(cosines):.5f} min {min(cosines):.5f}; "
-          f"same top-1 product {same_top1}/{len(photos)}; same object count {same_objects}/{len(photos)}")
-    assert min(cosines) >= 0.99, cosines
+    print(f"browser vs SDK on {len(photos)} val photos: {len(cosines)} of {sdk_objects} SDK objects have the page's box, "
+          f"cos mean {np.mean(cosines):.5f} min {min(cosines):.5f}; same top-1 product {same_top1}/{len(photos)}; "
+          f"same object count {same_objects}/{len(photos)}; unmatched {unmatched}")
+    assert min(cosines) >= 0.99, cosines  # the same box gives the same vector
+    assert len(cosines) >= 0.9 * sdk_objects, unmatched  # and the page chooses the SDK's boxes
+    assert same_objects >= 0.9 * len(photos)
     assert same_top1 / len(photos) >= 0.95
 
     # the network: only this origin; every POST is a search with vectors + model id, nothing else
