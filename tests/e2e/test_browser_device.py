@@ -116,10 +116,10 @@ def test_browser_device_matches_the_sdk_and_sends_only_vectors(tmp_path: Path, g
                     web = device.search(photo)
                     sdk, sdk_response = rt.search(photo, client, top_k=5)
                     same_objects += len(web["objects"]) == len(sdk.objects)
-                    web_boxes = np.asarray([o["box"] for o in web["objects"]], dtype=np.float64)
-                    for obj in sdk.objects:
+                    ious = box_iou(np.asarray([o.box for o in sdk.objects], dtype=np.float64),
+                                   np.asarray([o["box"] for o in web["objects"]], dtype=np.float64))
+                    for obj, iou in zip(sdk.objects, ious):
                         sdk_objects += 1
-                        iou = box_iou(np.asarray([obj.box], dtype=np.float64), web_boxes)[0]
                         if iou.max() < MATCH_IOU:
                             unmatched.append((photo.name, obj.label, obj.score))
                             continue
